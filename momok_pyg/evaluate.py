@@ -1,0 +1,174 @@
+r"""Filtered link-prediction evaluation of MMKG completion models (the paper's Eq. 17-18).
+
+Each evaluated triple :math:`(h, r, t)` yields two queries: the tail query :math:`(h, r, ?)` with
+target :math:`t` and the head query, asked with the reciprocal relation as :math:`(t, r + R, ?)`
+with target :math:`h`. All metrics are means over these :math:`2|\mathcal{T}|` queries of the
+filtered ranks defined in :mod:`momok_pyg.metrics` (filter = train :math:`\cup` valid
+:math:`\cup` test by default).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from momok_pyg.datasets.schema import ENTITY, get_triples
+from momok_pyg.metrics import TIES, FilteredRankMetric, FilterIndex, rank_metrics
+
+__all__ = [
+    "FilterIndex", "FilteredRankMetric", "query_tensors", "evaluate_link_prediction",
+    "rank_breakdowns", "unseen_entity_mask"
+]
+
+TAIL, HEAD = 0, 1
+
+
+def query_tensors(triples: Tensor,
+                  num_relations: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""Both-direction queries of :obj:`triples` ``[E, 3]``.
+
+    Returns:
+        ``(head, rel, target, direction)``, each ``[2E]``: first the tail queries
+        :math:`(h, r) \to t` of all triples, then the head queries :math:`(t, r + R) \to h` in the
+        same order; ``direction`` is ``0`` for tail and ``1`` for head queries.
+    """
+    triples = torch.as_tensor(triples, dtype=torch.long)
+    if triples.dim() != 2 or triples.size(1) != 3:
+        raise ValueError(f"query_tensors: expected triples of shape [E, 3], got "
+                         f"{tuple(triples.shape)}")
+    h, r, t = triples.unbind(1)
+    head = torch.cat([h, t])
+    rel = torch.cat([r, r + num_relations])
+    target = torch.cat([t, h])
+    direction = torch.cat([torch.full_like(h, TAIL), torch.full_like(h, HEAD)])
+    return head, rel, target, direction
+
+
+def unseen_entity_mask(data, split: str = "test") -> Tensor:
+    r"""Bool ``[E]`` over the triples of :obj:`split`: ``True`` where the head or the tail
+    appears in no training triple."""
+    seen = torch.zeros(data[ENTITY].num_nodes, dtype=torch.bool)
+    train = get_triples(data, "train")
+    seen[train[:, 0]] = True
+    seen[train[:, 2]] = True
+    triples = get_triples(data, split)
+    return ~seen[triples[:, 0]] | ~seen[triples[:, 2]]
+
+
+def rank_breakdowns(ranks: Tensor, rel: Tensor, direction: Tensor, num_relations: int,
+                    relation_names: Optional[Sequence[str]] = None,
+                    unseen: Optional[Tensor] = None,
+                    ks: Sequence[int] = (1, 3, 10)) -> Dict[str, object]:
+    r"""Metrics of subsets of queries: ``"head"`` / ``"tail"`` queries, ``"per_relation"`` (by
+    original relation :math:`r' \bmod R`, keyed by name; each entry also holds
+    ``"relation_id"``; relations without queries are left out) and, when the query mask
+    :obj:`unseen` is given, ``"unseen_entity"``."""
+    ranks = ranks.detach().cpu()
+    rel, direction = rel.cpu(), direction.cpu()
+    out: Dict[str, object] = {
+        "head": rank_metrics(ranks[direction == HEAD], ks),
+        "tail": rank_metrics(ranks[direction == TAIL], ks),
+    }
+    names = (list(relation_names) if relation_names is not None else
+             [str(i) for i in range(num_relations)])
+    unique_names = len(set(names)) == len(names)
+    original = rel % num_relations
+    order = torch.argsort(original, stable=True)
+    counts = torch.bincount(original, minlength=num_relations)
+    per_relation: Dict[str, Dict[str, Union[float, int]]] = {}
+    for r, chunk in enumerate(ranks[order].split(counts.tolist())):
+        if chunk.numel() == 0:
+            continue
+        key = names[r] if unique_names else f"{r}:{names[r]}"
+        per_relation[key] = {**rank_metrics(chunk, ks), "relation_id": r}
+    out["per_relation"] = per_relation
+    if unseen is not None:
+        out["unseen_entity"] = rank_metrics(ranks[unseen.cpu()], ks)
+    return out
+
+
+def _module_of(score_fn: Callable) -> Optional[torch.nn.Module]:
+    owner = getattr(score_fn, "__self__", score_fn)
+    return owner if isinstance(owner, torch.nn.Module) else None
+
+
+@torch.no_grad()
+def evaluate_link_prediction(
+    score_fn: Callable[[Tensor, Tensor], Tensor],
+    data,
+    split: str = "test",
+    batch_size: int = 1024,
+    filter_index: Optional[FilterIndex] = None,
+    tie: str = "realistic",
+    ks: Sequence[int] = (1, 3, 10),
+    breakdowns: bool = True,
+    device: Optional[Union[str, torch.device]] = None,
+    progress: bool = False,
+    return_ranks: bool = False,
+) -> Dict[str, object]:
+    r"""Filtered link prediction on :obj:`split` of an MMKG, both directions.
+
+    Args:
+        score_fn (Callable): ``score_fn(head [B], rel [B]) -> [B, N]`` scores of every entity as
+            the answer of :math:`(head, rel, ?)`, higher = better, with ``rel`` in ``[0, 2R)``
+            (``r + R`` asks for heads of ``r``), e.g. ``model.predict``. If it is an
+            :class:`torch.nn.Module` or a bound method of one, the module is put in ``eval()``
+            mode for the call and restored afterwards.
+        data (HeteroData): The MMKG (see :mod:`momok_pyg.datasets.schema`).
+        split (str): ``"test"`` or ``"valid"`` (or ``"train"``).
+        batch_size (int): Queries per call of :obj:`score_fn`.
+        filter_index (FilterIndex, optional): Known answers; default: all splits of
+            :obj:`data`. Build it once and pass it when evaluating repeatedly.
+        tie (str): ``"realistic"`` (default), ``"optimistic"`` or ``"pessimistic"``.
+        ks (Sequence[int]): Hits@k cut-offs.
+        breakdowns (bool): Add ``"head"``, ``"tail"``, ``"per_relation"`` and
+            ``"unseen_entity"`` (queries of triples with an entity in no train triple).
+        device: Device of the ``head`` / ``rel`` tensors given to :obj:`score_fn`; default:
+            that of the module behind :obj:`score_fn`, else CPU (pass it for a closure over a
+            GPU model). Ranking happens on the device of the returned scores.
+        progress (bool): Show a :mod:`tqdm` bar.
+        return_ranks (bool): Also return ``"ranks"``: float ``[2E]`` in the order of
+            :func:`query_tensors` (tail queries, then head queries).
+
+    Returns:
+        ``{"mrr", "mr", "hits@k"..., "count"}`` (``count`` = :math:`2E` queries), plus the
+        breakdowns and ranks asked for.
+    """
+    if tie not in TIES:
+        raise ValueError(f"unknown tie mode {tie!r}; expected one of {TIES}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    module = _module_of(score_fn)
+    if device is None:
+        param = next(module.parameters(), None) if module is not None else None
+        device = param.device if param is not None else torch.device("cpu")
+    num_relations = int(data.num_relations)
+    triples = get_triples(data, split)
+    if filter_index is None:
+        filter_index = FilterIndex.from_data(data)
+    head, rel, target, direction = (x.to(device) for x in query_tensors(triples, num_relations))
+
+    metric = FilteredRankMetric(filter_index, ks=ks, tie=tie)
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    try:
+        batches = torch.arange(head.numel(), device=device).split(batch_size)
+        for idx in tqdm(batches, desc=f"rank {split}", disable=not progress, leave=False):
+            metric.update(score_fn(head[idx], rel[idx]), head[idx], rel[idx], target[idx])
+    finally:
+        if module is not None:
+            module.train(was_training)
+
+    ranks = metric.ranks
+    out: Dict[str, object] = dict(metric.compute())
+    if breakdowns:
+        unseen = unseen_entity_mask(data, split).repeat(2)
+        out.update(
+            rank_breakdowns(ranks, rel, direction, num_relations,
+                            getattr(data, "relation_names", None), unseen, metric.ks))
+    if return_ranks:
+        out["ranks"] = ranks
+    return out
