@@ -1,0 +1,227 @@
+r"""``momok-pyg`` command line: ``train``, ``evaluate`` and ``predict``.
+
+.. code-block:: bash
+
+    momok-pyg train                                   # synthetic MMKG, offline, ~1-2 min on CPU
+    momok-pyg train --dataset MKG-Y --features names --out runs/mkg-y
+    momok-pyg train --dataset MKG-Y --no-exid --out runs/mkg-y-no-exid   # an ablation
+    momok-pyg evaluate --run runs/mkg-y --modalities structure
+    momok-pyg predict --run runs/mkg-y --head Gilles_Mbang_Ondo --relation playsFor -k 10
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from momok_pyg.training.config import PRESETS, TrainConfig
+
+
+def _bool_flag(parser: argparse.ArgumentParser, name: str, help: str) -> None:
+    parser.add_argument(f"--{name}", dest=name.replace("-", "_"),
+                        action=argparse.BooleanOptionalAction, default=None, help=help)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    r"""The training flags (every :class:`TrainConfig` field). ``None`` defaults mean "the
+    dataset preset, else the :class:`TrainConfig` default"."""
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="synthetic",
+                   help="synthetic (default, offline), DB15K, MKG-W, MKG-Y, KVC16K or a "
+                        "registered custom name")
+    d.add_argument("--features", choices=("names", "official", "none"), default=None,
+                   help="modality features of a benchmark: 'names' (text from entity names, "
+                        "offline), 'official' (the paper's image/text features) or 'none'")
+    d.add_argument("--root", default=None, help="dataset cache root (default: datasets)")
+    d.add_argument("--raw-from", default=None,
+                   help="folder with the raw benchmark files (no download)")
+    d.add_argument("--synthetic", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="arguments of make_synthetic_mmkg, e.g. seed=1 num_entities=600")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", choices=("momok", "tucker"), default=None,
+                   help="MoMoK (default) or the structure-only TuckER baseline")
+    m.add_argument("--dim", type=int, default=None, help="entity embedding size")
+    m.add_argument("--rel-dim", type=int, default=None,
+                   help="relation embedding size (default: --dim)")
+    m.add_argument("--experts", dest="num_experts", type=int, default=None,
+                   help="experts per modality K (default 3)")
+    m.add_argument("--loss", choices=("ce", "bce"), default=None,
+                   help="1-N KGC loss: softmax cross-entropy (default) or binary "
+                        "cross-entropy (TuckER's)")
+    m.add_argument("--label-smoothing", type=float, default=None,
+                   help="default: 0.1 for bce, 0 for ce")
+    m.add_argument("--aggregate", choices=("sum", "mean_sigmoid"), default=None,
+                   help="how per-modality scores are combined (default sum)")
+    m.add_argument("--model-arg", dest="model_args", nargs="+", default=None,
+                   metavar="KEY=VALUE",
+                   help="further MoMoK/TuckER keyword arguments, e.g. finetune_features=false "
+                        "feature_pool=256 input_dropout=0.2")
+    a = p.add_argument_group("ablations (paper Table 2 / 8)")
+    _bool_flag(a, "rel-temperature", "relational temperature in the expert gate "
+                                     "(--no-rel-temperature: w/o it)")
+    _bool_flag(a, "noise", "gate noise delta (--no-noise: w/o it)")
+    a.add_argument("--fusion", choices=("attention", "mean"), default=None,
+                   help="adaptive fusion of the experts ('mean' = w/o adaptive fusion)")
+    _bool_flag(a, "joint", "joint training (--no-joint: every modality trained alone, "
+                           "scores summed at inference)")
+    _bool_flag(a, "exid", "expert information disentanglement (--no-exid: w/o ExID)")
+    a.add_argument("--eval-modalities", nargs="+", default=None,
+                   help="modalities whose scores are summed at evaluation, e.g. structure "
+                        "or image text joint (default: all)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--lr", type=float, default=None)
+    o.add_argument("--batch-size", type=int, default=None)
+    o.add_argument("--epochs", type=int, default=None)
+    o.add_argument("--lambda", dest="lambda_club", type=float, default=None,
+                   help="weight of ExID's mutual-information upper bound (default 1e-4)")
+    o.add_argument("--weight-decay", type=float, default=None)
+    s = p.add_argument_group("selection")
+    s.add_argument("--eval-every", type=int, default=None,
+                   help="evaluate on valid every N epochs")
+    s.add_argument("--patience", type=int, default=None,
+                   help="early stop after N evaluations without a better valid MRR (0: never)")
+    s.add_argument("--eval-batch-size", type=int, default=None)
+    s.add_argument("--tie", choices=("realistic", "optimistic", "pessimistic"), default=None)
+    r = p.add_argument_group("runtime")
+    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (fix it for bitwise-reproducible runs)")
+    r.add_argument("--bf16", action="store_true", default=None,
+                   help="forward pass under torch.autocast('cpu', dtype=torch.bfloat16)")
+    r.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bars")
+    r.add_argument("--out", default=None,
+                   help="run directory (default: runs/<dataset>-<model>-seed<seed>)")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--resume", dest="resume", action="store_true", default=True,
+                   help="continue from OUT/last.pt if it exists (default)")
+    g.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="refuse to run if OUT holds a checkpoint")
+    g.add_argument("--overwrite", action="store_true",
+                   help="delete OUT's checkpoints and metrics and start afresh")
+
+
+_NOT_CONFIG = {"command", "out", "resume", "overwrite", "synthetic", "model_args", "func"}
+
+
+def _parse_pairs(items: Sequence[str], flag: str) -> dict:
+    r"""``["a=1", "b=false", "c=x"]`` -> ``{"a": 1, "b": False, "c": "x"}`` (JSON values,
+    else strings)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag}: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    r"""The :class:`TrainConfig` of parsed ``train`` arguments (dataset preset + flags)."""
+    kw = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
+    dataset = kw.pop("dataset")
+    if args.synthetic:
+        kw["synthetic"] = _parse_pairs(args.synthetic, "--synthetic")
+    if args.model_args:
+        kw["model_kwargs"] = _parse_pairs(args.model_args, "--model-arg")
+    return TrainConfig.for_dataset(dataset, **kw)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from momok_pyg.training import train
+    config = config_from_args(args)
+    out = args.out or f"runs/{config.dataset}-{config.model}-seed{config.seed}"
+    metrics = train(config, out, resume=args.resume, overwrite=args.overwrite)
+    test = metrics["test"]
+    print(json.dumps({"run": str(out), "best_epoch": metrics["best_epoch"],
+                      "test": {k: test[k] for k in ("mrr", "mr", "hits@1", "hits@3", "hits@10")},
+                      "per_modality_mrr": {m: v["mrr"] for m, v in
+                                           metrics.get("per_modality", {}).items()},
+                      "elapsed_seconds": round(metrics["timing"]["elapsed_seconds"], 2)},
+                     indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from momok_pyg.training import evaluate_run
+    out = evaluate_run(args.run, split=args.split, modalities=args.modalities,
+                       breakdowns=args.breakdowns, which=args.checkpoint, progress=True)
+    text = json.dumps(out, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from momok_pyg.inference import Predictor, format_result
+    if (args.head is None) == (args.tail is None):
+        raise SystemExit("predict: give exactly one of --head (tail prediction) or --tail "
+                         "(head prediction)")
+    predictor = Predictor.from_run(args.run, modalities=args.modalities)
+    if args.head is not None:
+        res = predictor.tails(args.head, args.relation, k=args.k, filtered=args.filtered)
+    else:
+        res = predictor.heads(args.relation, args.tail, k=args.k, filtered=args.filtered)
+    print(json.dumps(res.to_dict(), indent=2) if args.json else format_result(res))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="momok-pyg",
+        description="MoMoK (Mixture of Modality Knowledge experts) for multi-modal knowledge "
+                    "graph completion on PyTorch Geometric.")
+    sub = parser.add_subparsers(dest="command")
+    t = sub.add_parser("train", help="train, select on valid, report test metrics",
+                       description="Presets: " + "; ".join(
+                           f"{k}: {v}" for k, v in PRESETS.items()))
+    add_train_arguments(t)
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="re-evaluate a run's best checkpoint")
+    e.add_argument("--run", required=True, help="run directory")
+    e.add_argument("--split", choices=("test", "valid"), default="test")
+    e.add_argument("--modalities", nargs="+", default=None,
+                   help="score with these modalities only (default: the run's)")
+    e.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    e.add_argument("--no-breakdowns", dest="breakdowns", action="store_false")
+    e.add_argument("--output", default=None, help="also write the JSON here")
+    e.set_defaults(func=_cmd_evaluate)
+
+    q = sub.add_parser("predict", help="top-k answers of one query, with explanations")
+    q.add_argument("--run", required=True, help="run directory")
+    q.add_argument("--head", default=None, help="head entity (name or id): rank tails")
+    q.add_argument("--tail", default=None, help="tail entity (name or id): rank heads")
+    q.add_argument("--relation", required=True, help="relation (name or id)")
+    q.add_argument("-k", type=int, default=10)
+    q.add_argument("--unfiltered", dest="filtered", action="store_false",
+                   help="keep known training answers in the ranking")
+    q.add_argument("--modalities", nargs="+", default=None)
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=_cmd_predict)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    r"""Entry point of ``momok-pyg``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"momok-pyg {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,415 @@
+r"""1-N training of MoMoK / TuckER with best-valid model selection, early stopping and exact
+checkpoint/resume.
+
+One optimisation step on a batch of queries :math:`\{(e_i, r_i)\}` (:math:`r_i \in [0, 2R)`)
+with multi-hot targets :math:`\mathbf{Y} \in \{0,1\}^{B \times N}`:
+
+.. math::
+    \mathcal{L} = \mathcal{L}_{\mathrm{KGC}}(\mathbf{S}, \mathbf{Y}) +
+    \lambda \cdot \hat{I}_{\mathrm{CLUB}}(\mathbf{V}),
+
+where :math:`\mathbf{S}` are the per-modality scores and :math:`\mathbf{V}` the expert views
+of the forward pass, :math:`\hat{I}_{\mathrm{CLUB}}` is ExID's mutual-information upper bound
+(``lambda_club`` = :math:`\lambda`). The model's parameters take one Adam step on
+:math:`\mathcal{L}`; then ExID's variational networks :math:`q_\theta` take one step of their own
+Adam optimizer on their log-likelihood loss of the *detached* views of the same forward pass.
+
+Selection: every ``eval_every`` epochs the model is ranked on **valid**; the epoch with the
+highest valid MRR is kept as ``best.pt``; training stops after ``patience`` evaluations
+without improvement (``patience=0`` disables early stopping). The reported test metrics are
+those of ``best.pt`` -- one checkpoint, chosen without looking at the test set.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from momok_pyg.datasets.schema import STRUCTURE, feature_modalities, get_triples
+
+from .batching import OneToNQueries, epoch_generator
+from .checkpoint import (atomic_torch_save, atomic_write_json, get_rng_state, git_commit,
+                         load_checkpoint, remove_stale_tmp, seed_everything, set_rng_state)
+from .config import SYNTHETIC, TrainConfig
+
+PathLike = Union[str, os.PathLike]
+CONFIG, METRICS, LAST, BEST = "config.json", "metrics.json", "last.pt", "best.pt"
+MEMBER_PREFIX = "member-"
+
+
+# ---------------------------------------------------------------------------------------------
+# data and models
+# ---------------------------------------------------------------------------------------------
+def load_data(config: TrainConfig):
+    r"""The MMKG :class:`~torch_geometric.data.HeteroData` described by :obj:`config`."""
+    if config.dataset == SYNTHETIC:
+        from momok_pyg.datasets.synthetic import make_synthetic_mmkg
+        return make_synthetic_mmkg(**{"seed": 0, **config.synthetic})
+    from momok_pyg.datasets import load_dataset
+    features = None if config.features in (None, "none") else config.features
+    out = load_dataset(config.dataset, root=config.root, features=features,
+                       raw_from=config.raw_from)
+    return out if hasattr(out, "node_types") else out[0]
+
+
+def usable_modalities(data) -> List[str]:
+    r"""The feature modalities of :obj:`data` that at least one entity has (e.g. MKG-W's
+    name-derived text is missing for every entity: its names are bare Wikidata ids)."""
+    out = []
+    for m in feature_modalities(data):
+        if bool(data["entity"][f"{m}_mask"].any()):
+            out.append(m)
+        else:
+            warnings.warn(f"modality {m!r} is missing for every entity of "
+                          f"{getattr(data, 'dataset_name', 'the dataset')}; training without "
+                          f"it", UserWarning, stacklevel=3)
+    return out
+
+
+def member_names(config: TrainConfig, data) -> List[str]:
+    r"""The single-modality models of the "w/o joint training" ablation."""
+    return [STRUCTURE] + usable_modalities(data)
+
+
+def build_model(config: TrainConfig, data) -> torch.nn.Module:
+    r"""A freshly initialised model for :obj:`config` (seeded by ``config.seed``).
+
+    With ``config.member`` set, the single-modality MoMoK of that modality (one model of the
+    "w/o joint training" ablation).
+    """
+    member = config.member
+    from momok_pyg.nn import MoMoK, TuckER
+    torch.manual_seed(config.seed)
+    if config.model == "tucker":
+        kw = dict(dim=config.dim, rel_dim=config.rel_dim, loss=config.loss,
+                  label_smoothing=config.label_smoothing)
+        kw.update(config.model_kwargs)
+        return TuckER.from_data(data, **kw)
+    if member is None:
+        kw = config.model_kwargs_for()
+        if "modalities" not in config.model_kwargs:
+            kw["modalities"] = usable_modalities(data)
+        return MoMoK.from_data(data, **kw)
+    if member == STRUCTURE:
+        kw = config.model_kwargs_for(modalities=[], use_structure=True, joint=False)
+    else:
+        kw = config.model_kwargs_for(modalities=[member], use_structure=False, joint=False)
+    return MoMoK.from_data(data, **kw)
+
+
+def _check_modalities(model: torch.nn.Module, modalities: Optional[Sequence[str]]) -> None:
+    if modalities is None:
+        return
+    known = list(model.score_modalities)
+    unknown = [m for m in modalities if m not in known]
+    if unknown:
+        raise ValueError(f"eval_modalities {unknown} not scored by this model; expected a "
+                         f"subset of {known}")
+
+
+def scorer(model: torch.nn.Module, modalities: Optional[Sequence[str]] = None
+           ) -> Callable[[Tensor, Tensor], Tensor]:
+    r"""``score_fn(head, rel) -> [B, N]`` of :obj:`model` restricted to :obj:`modalities`."""
+    mods = None if modalities is None else list(modalities)
+
+    def score_fn(head: Tensor, rel: Tensor) -> Tensor:
+        return model.predict(head, rel, modalities=mods).float()
+
+    return score_fn
+
+
+def _evaluate(model, data, split, config, filter_index, modalities=None, breakdowns=False,
+              progress=False) -> Dict[str, Any]:
+    from momok_pyg.evaluate import evaluate_link_prediction
+    was_training = model.training
+    model.eval()
+    cache = getattr(model, "cached_entities", None)
+    try:
+        with cache() if cache is not None else contextlib.nullcontext():
+            out = evaluate_link_prediction(scorer(model, modalities), data, split=split,
+                                           batch_size=config.eval_batch_size,
+                                           filter_index=filter_index, tie=config.tie,
+                                           breakdowns=breakdowns, progress=progress)
+    finally:
+        model.train(was_training)
+    return _jsonable(out)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, Tensor):
+        return x.tolist()
+    return x
+
+
+def environment(run_dir: Optional[PathLike] = None) -> Dict[str, Any]:
+    r"""Versions, git commit, thread count and device, recorded in ``metrics.json``."""
+    import momok_pyg
+    here = Path(__file__).resolve().parent
+    return {
+        "momok_pyg": momok_pyg.__version__,
+        "git_commit": git_commit(here),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+        "cpu": platform.processor() or platform.machine(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# one epoch
+# ---------------------------------------------------------------------------------------------
+def train_epoch(model: torch.nn.Module, queries: OneToNQueries, optimizer: torch.optim.Optimizer,
+                q_optimizer: Optional[torch.optim.Optimizer], config: TrainConfig, epoch: int,
+                progress: bool = False) -> Dict[str, float]:
+    r"""One pass over all training queries in the order drawn from ``(seed, epoch)``.
+
+    Returns the mean KGC loss, the mean ExID upper bound and the mean Q-network loss.
+    """
+    model.train()
+    exid = getattr(model, "exid", None)
+    gen = epoch_generator(config.seed, epoch)
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if config.bf16 else
+                contextlib.nullcontext())
+    sums = {"loss": 0.0, "mi_upper": 0.0, "q_loss": 0.0}
+    n = 0
+    bar = tqdm(total=queries.num_batches(config.batch_size), desc=f"epoch {epoch}",
+               disable=not progress, leave=False, dynamic_ncols=True)
+    for ent, rel, idx in queries.batches(config.batch_size, gen):
+        target = queries.target(idx)
+        with autocast:
+            out = model(ent, rel)
+            scores = {m: s.float() for m, s in out.scores.items()}
+            loss = model.kgc_loss(scores, target)
+            upper = None
+            if exid is not None and config.lambda_club > 0:
+                upper = exid.upper_bound({m: v.float() for m, v in out.views.items()})
+        total = loss + config.lambda_club * upper if upper is not None else loss
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        if exid is not None and q_optimizer is not None:
+            views = {m: v.detach().float() for m, v in out.views.items()}
+            q_optimizer.zero_grad(set_to_none=True)
+            q_loss = exid.learning_loss(views)
+            q_loss.backward()
+            q_optimizer.step()
+            sums["q_loss"] += float(q_loss.detach())
+        sums["loss"] += float(loss.detach())
+        sums["mi_upper"] += float(upper.detach()) if upper is not None else 0.0
+        n += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+    bar.close()
+    if not math.isfinite(sums["loss"]):
+        raise FloatingPointError(f"epoch {epoch}: the training loss is not finite "
+                                 f"({sums['loss']}); lower --lr or disable --bf16")
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# a full run
+# ---------------------------------------------------------------------------------------------
+def _optimizers(model: torch.nn.Module, config: TrainConfig
+                ) -> Tuple[torch.optim.Optimizer, Optional[torch.optim.Optimizer]]:
+    params = list(model.kgc_parameters()) if hasattr(model, "kgc_parameters") else [
+        p for p in model.parameters()]
+    # fused Adam: one kernel per step instead of ~6 passes over every parameter (the Tucker
+    # cores alone are 4 x d^3 floats); ~6x faster optimizer step (benchmarks/bench_momok.py)
+    def fused(ps) -> bool:
+        return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in ps)
+
+    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay,
+                           fused=fused(params))
+    exid = getattr(model, "exid", None)
+    q_params = list(exid.parameters()) if exid is not None else []
+    q_opt = (torch.optim.Adam(q_params, lr=config.lr, fused=fused(q_params))
+             if len(q_params) > 0 else None)
+    return opt, q_opt
+
+
+def _fresh_state() -> Dict[str, Any]:
+    return {"epoch": 0, "best_epoch": None, "best_valid_mrr": -math.inf, "best_valid": None,
+            "bad_evals": 0, "stopped_early": False, "valid_curve": [], "train_curve": [],
+            "epoch_seconds": [], "eval_seconds": 0.0, "elapsed_seconds": 0.0}
+
+
+def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bool
+                     ) -> Optional[Dict[str, Any]]:
+    r"""Creates/cleans :obj:`out`; returns the ``last.pt`` to resume from (or ``None``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out)
+    last = out / LAST
+    if overwrite:
+        for name in (LAST, BEST, METRICS, CONFIG):
+            (out / name).unlink(missing_ok=True)
+        for member in out.glob(f"{MEMBER_PREFIX}*"):
+            if member.is_dir():
+                shutil.rmtree(member)
+        return None
+    if not last.exists():
+        return None
+    if not resume:
+        raise FileExistsError(f"{out}: holds a checkpoint ({LAST}); pass resume=True "
+                              f"(--resume) to continue it or overwrite=True (--overwrite) "
+                              f"to start afresh")
+    ckpt = load_checkpoint(last)
+    old = TrainConfig.from_dict(ckpt["config"])
+    diff = config.resume_mismatch(old)
+    if diff:
+        raise ValueError(f"{last}: cannot resume, these settings differ from the checkpoint: "
+                         + ", ".join(f"{k} ({getattr(old, k)!r} -> {getattr(config, k)!r})"
+                                     for k in diff) + "; pass --overwrite to start afresh")
+    return ckpt
+
+
+def fit(config: TrainConfig, out_dir: PathLike, data=None, resume: bool = True,
+        overwrite: bool = False, log: Optional[Callable[[str], None]] = None
+        ) -> Dict[str, Any]:
+    r"""Trains ONE model (MoMoK, TuckER or one single-modality member) in :obj:`out_dir`,
+    resuming from ``last.pt`` if present; returns its ``metrics.json`` content.
+
+    See :func:`train` for the public entry point (it also handles the ensemble ablation).
+    """
+    log = log or (lambda s: tqdm.write(s))
+    out = Path(out_dir)
+    member = config.member
+    data = load_data(config) if data is None else data
+    ckpt = _prepare_run_dir(out, config, resume, overwrite)
+    config.save(out / CONFIG)
+    wall0 = time.perf_counter()
+
+    model = build_model(config, data)
+    _check_modalities(model, config.eval_modalities if member is None else None)
+    optimizer, q_optimizer = _optimizers(model, config)
+    seed_everything(config.seed)
+    state = _fresh_state()
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if q_optimizer is not None and ckpt.get("q_optimizer") is not None:
+            q_optimizer.load_state_dict(ckpt["q_optimizer"])
+        state = ckpt["state"]
+        set_rng_state(ckpt["rng"])
+        log(f"[{out}] resumed after epoch {state['epoch']}")
+
+    from momok_pyg.evaluate import FilterIndex
+    filter_index = FilterIndex.from_data(data)
+    train_triples = get_triples(data, "train")
+    queries = OneToNQueries(train_triples, data["entity"].num_nodes, data.num_relations)
+    eval_mods = config.eval_modalities if member is None else None
+
+    def save_last() -> None:
+        atomic_torch_save({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "q_optimizer": q_optimizer.state_dict() if q_optimizer is not None else None,
+            "state": state, "rng": get_rng_state(), "config": config.to_dict()}, out / LAST)
+
+    def save_best(epoch: int, valid: Dict[str, Any]) -> None:
+        atomic_torch_save({"model": model.state_dict(), "epoch": epoch,
+                           "valid": _scalars(valid), "config": config.to_dict()}, out / BEST)
+
+    epoch = state["epoch"]
+    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        if state["stopped_early"]:
+            break
+        t0 = time.perf_counter()
+        losses = train_epoch(model, queries, optimizer, q_optimizer, config, epoch,
+                             progress=config.progress)
+        state["epoch_seconds"].append(time.perf_counter() - t0)
+        state["train_curve"].append({"epoch": epoch, **losses})
+        msg = f"epoch {epoch}/{config.epochs} loss {losses['loss']:.5f}"
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            t1 = time.perf_counter()
+            valid = _evaluate(model, data, "valid", config, filter_index, eval_mods)
+            state["eval_seconds"] += time.perf_counter() - t1
+            state["valid_curve"].append({"epoch": epoch, **_scalars(valid)})
+            msg += f" | valid mrr {valid['mrr']:.4f} hits@10 {valid['hits@10']:.4f}"
+            if valid["mrr"] > state["best_valid_mrr"]:
+                state.update(best_epoch=epoch, best_valid_mrr=valid["mrr"],
+                             best_valid=_scalars(valid), bad_evals=0)
+                save_best(epoch, valid)
+                msg += " *"
+            else:
+                state["bad_evals"] += 1
+                if config.patience > 0 and state["bad_evals"] >= config.patience:
+                    state["stopped_early"] = True
+                    msg += f" | early stop ({config.patience} evaluations without improvement)"
+        state["epoch"] = epoch
+        state["elapsed_seconds"] += time.perf_counter() - t0
+        save_last()
+        log(f"[{out.name}] {msg}")
+
+    if state["best_epoch"] is None:  # no evaluation happened (epochs = 0)
+        t1 = time.perf_counter()
+        valid = _evaluate(model, data, "valid", config, filter_index, eval_mods)
+        state["eval_seconds"] += time.perf_counter() - t1
+        state["valid_curve"].append({"epoch": state["epoch"], **_scalars(valid)})
+        state.update(best_epoch=state["epoch"], best_valid_mrr=valid["mrr"],
+                     best_valid=_scalars(valid))
+        save_best(state["epoch"], valid)
+        save_last()
+
+    # Test metrics of the best-valid checkpoint.
+    best = load_checkpoint(out / BEST)
+    model.load_state_dict(best["model"])
+    t2 = time.perf_counter()
+    test = _evaluate(model, data, "test", config, filter_index, eval_mods, breakdowns=True)
+    per_modality = {}
+    if member is None:
+        for m in model.score_modalities:
+            per_modality[m] = _evaluate(model, data, "test", config, filter_index, [m])
+    final_eval = time.perf_counter() - t2
+    metrics = _metrics(config, state, test, per_modality, final_eval,
+                       time.perf_counter() - wall0, model, queries, data, member)
+    atomic_write_json(metrics, out / METRICS)
+    log(f"[{out.name}] best epoch {state['best_epoch']}: test mrr {test['mrr']:.4f} "
+        f"hits@1 {test['hits@1']:.4f} hits@10 {test['hits@10']:.4f}")
+    return metrics
+
+
+def _scalars(m: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in m.items() if not isinstance(v, (dict, list))}
+
+
+def _metrics(config, state, test, per_modality, final_eval, wall, model, queries, data,
+             member) -> Dict[str, Any]:
+    return {
+        "dataset": getattr(data, "dataset_name", config.dataset),
+        "model": config.model,
+        "member": member,
+        "best_epoch": state["best_epoch"],
+        "best_valid": state["best_valid"],
+        "epochs_run": state["epoch"],
+        "stopped_early": state["stopped_early"],
+        "test": test,
+        "per_modality": per_modality,
+        "valid_curve": state["valid_curve"],
+        "train_curve": state["train_curve"],
+        "timing": {
+            "epoch_seconds": state["epoch_seconds"],
+            "train_seconds": float(sum(state["epoch_seconds"])),
+            "valid_eval_seconds": state["eval_seconds"],
+            "final_eval_seconds": final_eval,
+            "elapsed_seconds": state["elapsed_seconds"] + final_eval,
+            "wall_seconds_this_process": wall,
+        },
+        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+        "num_train_queries": len(queries),
+        "config": config.to_dict(),
+        "env": environment(),
+    }

@@ -1,0 +1,154 @@
+r"""Public entry points over run directories: :func:`train` (one model, or the
+"w/o joint training" ensemble of single-modality models), :func:`load_model` and
+:func:`evaluate_run`."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_write_json, load_checkpoint, remove_stale_tmp
+from .config import TrainConfig
+from .ensemble import EnsembleScorer
+from .loop import (BEST, CONFIG, LAST, MEMBER_PREFIX, METRICS, PathLike, _check_modalities,
+                   _evaluate, _scalars, build_model, environment, fit, load_data,
+                   member_names)
+
+
+def train(config: TrainConfig, out_dir: PathLike, data=None, resume: bool = True,
+          overwrite: bool = False, log: Optional[Callable[[str], None]] = None
+          ) -> Dict[str, Any]:
+    r"""Trains, selects on valid and tests the model of :obj:`config` in the run directory
+    :obj:`out_dir` (``config.json``, ``metrics.json``, ``best.pt``, ``last.pt``).
+
+    With ``config.joint=False`` (w/o joint training), one single-modality MoMoK per modality
+    is trained in ``out_dir/member-<modality>/`` and the sum of their scores
+    (:class:`EnsembleScorer`) is evaluated; the top-level ``metrics.json`` reports it, with
+    each member's own test metrics under ``"per_modality"``.
+
+    Args:
+        config (TrainConfig): The run's settings.
+        out_dir: The run directory. If it holds ``last.pt`` the run resumes from it
+            (:obj:`resume`), unless :obj:`overwrite` is set.
+        data (HeteroData, optional): The MMKG; default: loaded from :obj:`config`.
+    Returns:
+        The content of ``metrics.json``.
+    """
+    old_threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(int(config.threads))
+    try:
+        data = load_data(config) if data is None else data
+        if _single(config):
+            return fit(config, out_dir, data, resume=resume, overwrite=overwrite, log=log)
+        return _train_ensemble(config, Path(out_dir), data, resume, overwrite, log)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _single(config: TrainConfig) -> bool:
+    r"""Whether :obj:`config` trains one model (not the "w/o joint training" ensemble)."""
+    return config.joint or config.model == "tucker" or config.member is not None
+
+
+def _train_ensemble(config: TrainConfig, out: Path, data, resume: bool, overwrite: bool,
+                    log) -> Dict[str, Any]:
+    log = log or (lambda s: tqdm.write(s))
+    wall0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out)
+    if overwrite:
+        for name in (LAST, BEST, METRICS, CONFIG):
+            (out / name).unlink(missing_ok=True)
+    config.save(out / CONFIG)
+    names = member_names(config, data)
+    if config.eval_modalities is not None:
+        unknown = [m for m in config.eval_modalities if m not in names]
+        if unknown:
+            raise ValueError(f"eval_modalities {unknown} not in the ensemble's members {names}")
+    member_metrics = {}
+    for m in names:
+        member_metrics[m] = fit(dataclasses.replace(config, member=m),
+                                out / f"{MEMBER_PREFIX}{m}", data, resume=resume,
+                                overwrite=overwrite, log=log)
+    ensemble = load_model(out, data=data)[0]
+    from momok_pyg.evaluate import FilterIndex
+    filter_index = FilterIndex.from_data(data)
+    t0 = time.perf_counter()
+    valid = _evaluate(ensemble, data, "valid", config, filter_index, config.eval_modalities)
+    test = _evaluate(ensemble, data, "test", config, filter_index, config.eval_modalities,
+                     breakdowns=True)
+    final_eval = time.perf_counter() - t0
+    metrics = {
+        "dataset": getattr(data, "dataset_name", config.dataset),
+        "model": "momok-ensemble (w/o joint training)",
+        "members": names,
+        "best_epoch": {m: member_metrics[m]["best_epoch"] for m in names},
+        "best_valid": _scalars(valid),
+        "test": test,
+        "per_modality": {m: _scalars(member_metrics[m]["test"]) for m in names},
+        "member_valid_curves": {m: member_metrics[m]["valid_curve"] for m in names},
+        "timing": {
+            "member_seconds": {m: member_metrics[m]["timing"]["elapsed_seconds"]
+                               for m in names},
+            "final_eval_seconds": final_eval,
+            "elapsed_seconds": sum(member_metrics[m]["timing"]["elapsed_seconds"]
+                                   for m in names) + final_eval,
+            "wall_seconds_this_process": time.perf_counter() - wall0,
+        },
+        "num_parameters": int(sum(p.numel() for p in ensemble.parameters())),
+        "config": config.to_dict(),
+        "env": environment(),
+    }
+    atomic_write_json(metrics, out / METRICS)
+    log(f"[{out.name}] ensemble of {names}: test mrr {test['mrr']:.4f}")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# loading a finished run
+# ---------------------------------------------------------------------------------------------
+def load_model(run_dir: PathLike, data=None, which: str = "best"
+               ) -> Tuple[torch.nn.Module, Any, TrainConfig]:
+    r"""``(model, data, config)`` of a run directory, the model in ``eval()`` mode with the
+    weights of ``best.pt`` (or ``last.pt`` with ``which="last"``). An ensemble run
+    (``joint=False``) gives an :class:`EnsembleScorer` over its members' checkpoints."""
+    run = Path(run_dir)
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    cfg_path = run / CONFIG
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run}: not a run directory (no {CONFIG})")
+    config = TrainConfig.load(cfg_path)
+    data = load_data(config) if data is None else data
+    fname = BEST if which == "best" else LAST
+    if _single(config):
+        model = build_model(config, data)
+        model.load_state_dict(load_checkpoint(run / fname)["model"])
+    else:
+        members = {}
+        for m in member_names(config, data):
+            member = build_model(dataclasses.replace(config, member=m), data)
+            ckpt = load_checkpoint(run / f"{MEMBER_PREFIX}{m}" / fname)
+            member.load_state_dict(ckpt["model"])
+            members[m] = member
+        model = EnsembleScorer(members)
+    model.eval()
+    return model, data, config
+
+
+def evaluate_run(run_dir: PathLike, split: str = "test",
+                 modalities: Optional[Sequence[str]] = None, data=None,
+                 breakdowns: bool = True, which: str = "best",
+                 progress: bool = False) -> Dict[str, Any]:
+    r"""Re-evaluates the checkpoint of a run on :obj:`split` (filtered, both directions)."""
+    model, data, config = load_model(run_dir, data=data, which=which)
+    mods = config.eval_modalities if modalities is None else list(modalities)
+    _check_modalities(model, mods)
+    from momok_pyg.evaluate import FilterIndex
+    return _evaluate(model, data, split, config, FilterIndex.from_data(data), mods,
+                     breakdowns=breakdowns, progress=progress)

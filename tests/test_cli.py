@@ -1,0 +1,53 @@
+"""``momok-pyg`` command line: train -> evaluate -> predict on a tiny synthetic MMKG."""
+import json
+
+import pytest
+
+from momok_pyg.cli import main
+
+TINY = ["num_entities=600", "num_triples=8000", "num_groups=10", "num_attributes=5"]
+
+
+def test_cli_train_evaluate_predict(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--synthetic", *TINY, "--dim", "16", "--epochs", "2", "--eval-every", "1",
+            "--batch-size", "512", "--lr", "0.01", "--threads", "1", "--no-progress",
+            "--out", str(run)]
+    assert main(argv) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    for name in ("config.json", "metrics.json", "best.pt", "last.pt"):
+        assert (run / name).is_file()
+    assert metrics["epochs_run"] == 2 and len(metrics["valid_curve"]) == 2
+    assert set(metrics["per_modality"]) == {"structure", "image", "text", "joint"}
+    assert metrics["env"]["git_commit"] and metrics["env"]["momok_pyg"]
+
+    # Rerunning the same command resumes (nothing left to train) and reports the same.
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{\n"):])["test"]["mrr"] == metrics["test"]["mrr"]
+
+    assert main(["evaluate", "--run", str(run), "--output", str(tmp_path / "ev.json")]) == 0
+    assert json.loads((tmp_path / "ev.json").read_text()) == metrics["test"]
+    assert main(["evaluate", "--run", str(run), "--modalities", "image", "--no-breakdowns",
+                 "--output", str(tmp_path / "img.json")]) == 0
+    assert json.loads((tmp_path / "img.json").read_text()) == metrics["per_modality"]["image"]
+
+    capsys.readouterr()
+    assert main(["predict", "--run", str(run), "--head", "0", "--relation", "1", "-k", "5",
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["direction"] == "tail" and len(res["candidates"]) == 5
+    assert [c["rank"] for c in res["candidates"]] == [1, 2, 3, 4, 5]
+    assert set(res["gates"]) == {"structure", "image", "text"}
+    assert main(["predict", "--run", str(run), "--tail", "3", "--relation", "0", "-k", "3"]) == 0
+    assert "(?, " in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["evaluate", "--run", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert "not a run directory" in err and "nothing" in err
+    with pytest.raises(SystemExit):
+        main(["train", "--features", "pixels"])
+    assert main([]) == 2
