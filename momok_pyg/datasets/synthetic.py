@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os.path as osp
-from typing import Any, Callable, Dict, List, Optional
+import numbers
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -38,16 +38,32 @@ _DEFAULTS: Dict[str, Any] = dict(
     image_dim=64,
     text_dim=48,
     latent_dim=16,
-    image_noise=0.6,
-    text_noise=0.6,
+    image_noise=1.0,
+    text_noise=1.0,
     popularity=1.0,
     cold_ratio=0.1,
     cold_max_triples=4,
+    cold_train_triples=0,
+    head_popularity=False,
+    relation_map="permutation",
     missing_ratio=0.05,
     valid_ratio=0.05,
     test_ratio=0.05,
     seed=0,
 )
+
+
+def _number(key: str, value: Any, integer: bool, low: float, high: float = math.inf) -> Any:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and low <= value <= high
+    if integer:
+        ok = ok and int(value) == value
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        bound = f"in [{low}, {high}]" if math.isfinite(high) else f">= {low}"
+        raise ValueError(f"make_synthetic_mmkg: expected '{key}' to be {kind} {bound}, got "
+                         f"{value!r}")
+    return int(value) if integer else float(value)
 
 
 def _check_params(p: Dict[str, Any]) -> Dict[str, Any]:
@@ -56,26 +72,17 @@ def _check_params(p: Dict[str, Any]) -> Dict[str, Any]:
         raise TypeError(f"make_synthetic_mmkg: unknown argument(s) {unknown}; expected some of "
                         f"{sorted(_DEFAULTS)}")
     p = {**_DEFAULTS, **p}
-    ints = ("num_entities", "num_relations", "num_groups", "num_attributes", "num_triples",
-            "image_dim", "text_dim", "latent_dim")
-    for k in ints:
-        if int(p[k]) != p[k] or p[k] < 1:
-            raise ValueError(f"make_synthetic_mmkg: expected '{k}' to be a positive integer, "
-                             f"got {p[k]!r}")
-        p[k] = int(p[k])
-    if int(p["cold_max_triples"]) != p["cold_max_triples"] or p["cold_max_triples"] < 0:
-        raise ValueError(f"make_synthetic_mmkg: expected 'cold_max_triples' to be an integer "
-                         f">= 0, got {p['cold_max_triples']!r}")
-    p["cold_max_triples"] = int(p["cold_max_triples"])
-    p["seed"] = int(p["seed"])
+    for k in ("num_entities", "num_relations", "num_groups", "num_attributes", "num_triples",
+              "image_dim", "text_dim", "latent_dim"):
+        p[k] = _number(k, p[k], integer=True, low=1)
+    p["cold_max_triples"] = _number("cold_max_triples", p["cold_max_triples"], True, 0)
+    p["cold_train_triples"] = _number("cold_train_triples", p["cold_train_triples"], True, 0)
+    p["head_popularity"] = bool(p["head_popularity"])
+    p["seed"] = _number("seed", p["seed"], integer=True, low=0)
     for k in ("image_noise", "text_noise", "popularity"):
-        if not (float(p[k]) >= 0 and math.isfinite(float(p[k]))):
-            raise ValueError(f"make_synthetic_mmkg: expected '{k}' >= 0, got {p[k]!r}")
-        p[k] = float(p[k])
+        p[k] = _number(k, p[k], integer=False, low=0)
     for k in ("cold_ratio", "missing_ratio", "valid_ratio", "test_ratio"):
-        if not 0.0 <= float(p[k]) <= 1.0:
-            raise ValueError(f"make_synthetic_mmkg: expected '{k}' in [0, 1], got {p[k]!r}")
-        p[k] = float(p[k])
+        p[k] = _number(k, p[k], integer=False, low=0, high=1)
     if p["valid_ratio"] + p["test_ratio"] >= 1.0:
         raise ValueError(f"make_synthetic_mmkg: expected valid_ratio + test_ratio < 1, got "
                          f"{p['valid_ratio']} + {p['test_ratio']}")
@@ -106,20 +113,31 @@ def _sample_in_cell(cell: Tensor, weight: Tensor, target_cell: Tensor, num_cells
     return order[pos]
 
 
-def _cap_cold(triples: Tensor, cold: Tensor, cap: int, gen: torch.Generator) -> Tensor:
-    r"""Keeps, in a random order, a triple touching cold entities only while every cold
-    entity in it has fewer than :obj:`cap` kept triples. Returns the kept rows."""
+def _cap_cold(triples: Tensor, cold: Tensor, cap: int, train_cap: int,
+              gen: torch.Generator) -> Tuple[Tensor, Tensor]:
+    r"""Goes through the triples touching cold entities in a random order and keeps one
+    while every cold entity in it has fewer than :obj:`cap` kept triples; a kept triple goes
+    to train while every cold entity in it has fewer than :obj:`train_cap` training triples.
+    Returns the (train, held-out) rows."""
     perm = torch.randperm(triples.size(0), generator=gen)
     count: Dict[int, int] = {}
+    count_train: Dict[int, int] = {}
     keep: List[int] = []
+    train: List[int] = []
     for i, (h, t) in zip(perm.tolist(), triples[perm][:, [0, 2]].tolist()):
         ends = {e for e in (h, t) if bool(cold[e])}
         if all(count.get(e, 0) < cap for e in ends):
-            keep.append(i)
             for e in ends:
                 count[e] = count.get(e, 0) + 1
-    keep.sort()
-    return triples[torch.tensor(keep, dtype=torch.long)].reshape(-1, 3)
+            if all(count_train.get(e, 0) < train_cap for e in ends):
+                train.append(i)
+                for e in ends:
+                    count_train[e] = count_train.get(e, 0) + 1
+            else:
+                keep.append(i)
+    out = [triples[torch.tensor(sorted(x), dtype=torch.long)].reshape(-1, 3)
+           for x in (train, keep)]
+    return out[0], out[1]
 
 
 def _modality(centroid: Tensor, noise: float, dim: int, gen: torch.Generator) -> Tensor:
@@ -138,11 +156,14 @@ def make_synthetic_mmkg(
     image_dim: int = 64,
     text_dim: int = 48,
     latent_dim: int = 16,
-    image_noise: float = 0.6,
-    text_noise: float = 0.6,
+    image_noise: float = 1.0,
+    text_noise: float = 1.0,
     popularity: float = 1.0,
     cold_ratio: float = 0.1,
     cold_max_triples: int = 4,
+    cold_train_triples: int = 0,
+    head_popularity: bool = False,
+    relation_map: str = "permutation",
     missing_ratio: float = 0.05,
     valid_ratio: float = 0.05,
     test_ratio: float = 0.05,
@@ -205,6 +226,16 @@ def make_synthetic_mmkg(
     :math:`\mathrm{round}(p_{\text{miss}} N)` random entities have it missing (mask
     ``False``, zero row).
 
+    **What the signal amounts to** (defaults, seed 0; checked in ``tests/test_synthetic.py``):
+    about 13k/1k/1k train/valid/test triples, 28% of the test triples touch a cold entity.
+    A nearest-centroid probe fit on warm entities recovers the group of cold entities from
+    the image in 80% of cases (chance 4%) and their attribute from the text in 93% (chance
+    17%); an oracle ranking the target cell by popularity reaches a filtered test MRR of 0.41
+    (random: < 0.01). Cold entities have no training edge, so structure says nothing about
+    them. Note that a model with free per-entity embeddings trained 1-N sees cold entities
+    only as negatives and pushes them down; features help most where they cannot be
+    overridden per entity.
+
     Besides the schema (:mod:`momok_pyg.datasets.schema`), the returned data stores the
     ground truth for analysis (models must not read it): ``data["entity"].group``,
     ``.attribute``, ``.popularity``, ``.is_cold`` and ``data.relation_group_map``
@@ -234,7 +265,9 @@ def make_synthetic_mmkg(
         num_attributes=num_attributes, num_triples=num_triples, image_dim=image_dim,
         text_dim=text_dim, latent_dim=latent_dim, image_noise=image_noise,
         text_noise=text_noise, popularity=popularity, cold_ratio=cold_ratio,
-        cold_max_triples=cold_max_triples, missing_ratio=missing_ratio,
+        cold_max_triples=cold_max_triples, cold_train_triples=cold_train_triples,
+        head_popularity=head_popularity, relation_map=relation_map,
+        missing_ratio=missing_ratio,
         valid_ratio=valid_ratio, test_ratio=test_ratio, seed=seed))
     N, R, G, A = p["num_entities"], p["num_relations"], p["num_groups"], p["num_attributes"]
     gen = torch.Generator().manual_seed(p["seed"])
@@ -247,12 +280,19 @@ def make_synthetic_mmkg(
     weight = torch.exp(p["popularity"] * torch.randn(N, generator=gen))
 
     # Relations: one permutation of groups and one of attributes each.
-    group_map = torch.stack([torch.randperm(G, generator=gen) for _ in range(R)])
-    attribute_map = torch.stack([torch.randperm(A, generator=gen) for _ in range(R)])
+    if p["relation_map"] == "permutation":
+        group_map = torch.stack([torch.randperm(G, generator=gen) for _ in range(R)])
+        attribute_map = torch.stack([torch.randperm(A, generator=gen) for _ in range(R)])
+    else:
+        group_map = torch.randint(G, (R, G), generator=gen)
+        attribute_map = torch.randint(A, (R, A), generator=gen)
 
     # Triples.
     M = p["num_triples"]
-    h = torch.randint(N, (M, ), generator=gen)
+    if p["head_popularity"]:
+        h = torch.multinomial(weight, M, replacement=True, generator=gen)
+    else:
+        h = torch.randint(N, (M, ), generator=gen)
     r = torch.randint(R, (M, ), generator=gen)
     target = group_map[r, group[h]] * A + attribute_map[r, attribute[h]]
     t = _sample_in_cell(cell, weight, target, G * A, gen)
@@ -265,14 +305,15 @@ def make_synthetic_mmkg(
     is_cold = torch.zeros(N, dtype=torch.bool)
     is_cold[torch.randperm(N, generator=gen)[:n_cold]] = True
     touches = is_cold[triples[:, 0]] | is_cold[triples[:, 2]]
-    cold_triples = _cap_cold(triples[touches], is_cold, p["cold_max_triples"], gen)
+    cold_train, cold_triples = _cap_cold(triples[touches], is_cold, p["cold_max_triples"],
+                                         p["cold_train_triples"], gen)
     warm_triples = triples[~touches]
     cold_triples = cold_triples[torch.randperm(cold_triples.size(0), generator=gen)]
     half = (cold_triples.size(0) + 1) // 2
     warm_triples = warm_triples[torch.randperm(warm_triples.size(0), generator=gen)]
     n_valid = round(p["valid_ratio"] * warm_triples.size(0))
     n_test = round(p["test_ratio"] * warm_triples.size(0))
-    train = warm_triples[n_valid + n_test:]
+    train = torch.cat([warm_triples[n_valid + n_test:], cold_train])
     valid = torch.cat([warm_triples[:n_valid], cold_triples[:half]])
     test = torch.cat([warm_triples[n_valid:n_valid + n_test], cold_triples[half:]])
 
