@@ -12,6 +12,15 @@ from .custom import CustomMMKG, MMKGInMemoryDataset, read_mmkg
 from .benchmarks import DB15K, KVC16K, MKGW, MKGY, MMKGBenchmark
 from .registry import (DATASETS, list_datasets, load_dataset, register_dataset,
                        unregister_dataset)
+from .synthetic import SyntheticMMKG, make_synthetic_mmkg
+
+
+def _synthetic(root=None, **kwargs):
+    # load_dataset("synthetic") caches under <root>/synthetic; root=None generates in memory
+    return SyntheticMMKG(None if root is None else f"{root}/synthetic", **kwargs)
+
+
+register_dataset("synthetic", _synthetic)
 
 __all__ = [
     "ENTITY", "REL", "SPLITS", "STRUCTURE", "MMKGFormatError", "build_mmkg", "get_triples",
@@ -20,4 +29,5 @@ __all__ = [
     "encode_names", "load_feature_file", "name_to_text", "names_to_texts", "CustomMMKG",
     "MMKGInMemoryDataset", "read_mmkg", "DB15K", "KVC16K", "MKGW", "MKGY", "MMKGBenchmark",
     "DATASETS", "list_datasets", "load_dataset", "register_dataset", "unregister_dataset",
+    "SyntheticMMKG", "make_synthetic_mmkg",
 ]
