@@ -162,13 +162,9 @@ class MoMoK(torch.nn.Module):
     **Features.** ``feature_norm="l2"`` (official) L2-normalises every feature row,
     ``feature_pool`` average-pools rows to fewer dims (the official code pools some datasets
     to 256 dims with dataset-specific 2-D pools over reshaped rows; this is the 1-D
-    equivalent and never depends on the dataset's name). ``finetune_features=False``
-    (default) keeps the feature tables fixed; ``True`` trains them as parameters, as the
-    official code does. We default to fixed tables because fine-tuning lets the rows of
-    entities that never occur as a training head drift (they only receive the 1-N
-    negatives' gradient), which destroys exactly the generalisation to sparsely connected
-    entities that the modalities are there for (compare both on the synthetic MMKG's
-    ``unseen_entity`` breakdown with ``--model-arg finetune_features=true``). Missing entities use a learned placeholder per modality (:class:`ModalityTable`).
+    equivalent and never depends on the dataset's name). ``finetune_features=True``
+    (default, as official) trains the feature tables as parameters; ``False`` keeps them
+    fixed. Missing entities use a learned placeholder per modality (:class:`ModalityTable`).
 
     Args:
         num_entities (int): :math:`N`.
@@ -210,7 +206,7 @@ class MoMoK(torch.nn.Module):
                  joint: bool = True, fusion: str = "attention", noise: bool = True,
                  rel_temperature: bool = True, gate_input: str = "views", exid: bool = True,
                  loss: str = "ce", label_smoothing: Optional[float] = None,
-                 aggregate: str = "sum", *, finetune_features: bool = False,
+                 aggregate: str = "sum", *, finetune_features: bool = True,
                  feature_norm: Optional[str] = "l2",
                  feature_pool: Union[int, Mapping[str, int], None] = None,
                  modality_dims: Optional[Mapping[str, int]] = None,
