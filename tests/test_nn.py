@@ -444,7 +444,7 @@ def test_feature_preprocessing_options():
     assert not any(n.endswith("image.table") for n, _ in model.named_parameters())
     ref = F.adaptive_avg_pool1d(F.normalize(feats["image"], dim=1).unsqueeze(1), 4).squeeze(1)
     torch.testing.assert_close(table()[0], ref[0])
-    tuned = MoMoK(N, R, feats, masks, dim=8, feature_norm=None, finetune_features=True)
+    tuned = MoMoK(N, R, feats, masks, dim=8, feature_norm=None)
     torch.testing.assert_close(tuned.inputs["text"]()[0], feats["text"][0])
     assert any(n.endswith("text.table") for n, _ in tuned.named_parameters())
 
