@@ -196,3 +196,17 @@ def test_signature_defaults_match_dataset_defaults():
     from momok_pyg.datasets.synthetic import _DEFAULTS
     sig = inspect.signature(make_synthetic_mmkg).parameters
     assert {k: v.default for k, v in sig.items()} == _DEFAULTS
+
+
+def test_few_shot_cold_entities():
+    data = make_synthetic_mmkg(num_entities=300, num_groups=6, num_attributes=4,
+                               num_triples=4000, cold_train_triples=1, cold_max_triples=3)
+    cold = data[ENTITY].is_cold
+    deg = {}
+    for s in SPLITS:
+        t = get_triples(data, s)
+        ends = torch.cat([t[cold[t[:, 0]], 0], t[cold[t[:, 2]], 2]])
+        deg[s] = torch.bincount(ends, minlength=300)[cold]
+    assert int(deg["train"].max()) == 1 and int(deg["train"].sum()) > 0.8 * int(cold.sum())
+    assert int((deg["train"] + deg["valid"] + deg["test"]).max()) <= 3
+    assert int((deg["valid"] + deg["test"]).sum()) > 0
