@@ -114,10 +114,17 @@ def seed_everything(seed: int) -> None:
 
 
 def git_commit(path: PathLike = ".") -> str:
-    r"""``git rev-parse HEAD`` of the checkout holding :obj:`path`, or ``"unknown"``."""
+    r"""``git rev-parse HEAD`` of the checkout holding :obj:`path` with ``"+dirty"`` appended
+    when tracked files have uncommitted changes, or ``"unknown"``."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(path), capture_output=True,
                              text=True, timeout=10, check=True)
-        return out.stdout.strip() or "unknown"
+        sha = out.stdout.strip()
+        if not sha:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=Path(path), capture_output=True, text=True, timeout=10,
+                               check=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

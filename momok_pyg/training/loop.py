@@ -294,6 +294,8 @@ def fit(config: TrainConfig, out_dir: PathLike, data=None, resume: bool = True,
     wall0 = time.perf_counter()
 
     model = build_model(config, data)
+    # the code and the model's effective settings (defaults included) that start this run
+    atomic_write_json({"env": environment(), "model": repr(model)}, out / "env_start.json")
     _check_modalities(model, config.eval_modalities if member is None else None)
     optimizer, q_optimizer = _optimizers(model, config)
     seed_everything(config.seed)
