@@ -1,0 +1,93 @@
+"""The benchmark's naive reference computes the same model as momok_pyg.
+
+``benchmarks/naive_reference.py`` writes MoMoK's equations literally (per-sample Tucker core,
+experts recomputed for every use, per-query sort-based ranking). Built from a MoMoK instance
+it must give the same scores and the same filtered ranks in eval mode; otherwise the speed
+comparison of ``benchmarks/bench_momok.py`` would compare two different models.
+"""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from momok_pyg.datasets import build_mmkg, get_triples
+from momok_pyg.evaluate import evaluate_link_prediction
+from momok_pyg.nn import MoMoK
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from naive_reference import NaiveMoMoK, naive_rank  # noqa: E402
+
+N, R = 60, 4
+
+
+@pytest.fixture(scope="module")
+def small_mmkg():
+    g = torch.Generator().manual_seed(0)
+
+    def triples(n):
+        return torch.stack([torch.randint(0, N, (n, ), generator=g),
+                            torch.randint(0, R, (n, ), generator=g),
+                            torch.randint(0, N, (n, ), generator=g)], dim=1)
+
+    present = torch.rand(N, generator=g) > 0.2  # some entities miss their image
+    return build_mmkg(N, R, {"train": triples(300), "valid": triples(40), "test": triples(40)},
+                      features={"image": torch.randn(N, 23, generator=g),
+                                "text": torch.randn(N, 17, generator=g)},
+                      masks={"image": present})
+
+
+@pytest.fixture(scope="module")
+def model_pair(small_mmkg):
+    torch.manual_seed(0)
+    model = MoMoK.from_data(small_mmkg, dim=16, num_experts=3)
+    # Move every parameter and buffer away from its (often symmetric) initial value so that
+    # gates, biases, temperatures and BatchNorm statistics all matter.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.normal_(0.0, 0.1)
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+    model.eval()
+    naive = NaiveMoMoK(model).eval()
+    return model, naive
+
+
+def test_naive_scores_equal_momok(small_mmkg, model_pair):
+    model, naive = model_pair
+    head = torch.randint(0, N, (48, ))
+    rel = torch.randint(0, 2 * R, (48, ))
+    with torch.no_grad():
+        fast, slow = model(head, rel), naive(head, rel)
+    assert set(fast.scores) == set(slow.scores) == {"structure", "image", "text", "joint"}
+    for m in fast.scores:
+        assert fast.scores[m].abs().max() > 1e-3  # non-trivial scores
+        torch.testing.assert_close(slow.scores[m], fast.scores[m])
+    for m in fast.views:
+        torch.testing.assert_close(slow.views[m], fast.views[m])
+        torch.testing.assert_close(slow.gates[m], fast.gates[m])
+    torch.testing.assert_close(naive.predict(head, rel), model.predict(head, rel))
+
+
+def test_naive_ranks_equal_momok(small_mmkg, model_pair):
+    model, naive = model_pair
+    ref = evaluate_link_prediction(model.predict, small_mmkg, "test", batch_size=32,
+                                   breakdowns=False, return_ranks=True)
+    slow = naive_rank(naive.predict, small_mmkg, "test", batch_size=32)
+    assert slow["count"] == ref["count"] == 2 * get_triples(small_mmkg, "test").size(0)
+    torch.testing.assert_close(slow["ranks"], ref["ranks"].double())
+    assert slow["mrr"] == pytest.approx(ref["mrr"], rel=1e-9)
+
+
+def test_naive_loss_equals_momok_loss(small_mmkg, model_pair):
+    model, naive = model_pair
+    head = torch.randint(0, N, (16, ))
+    rel = torch.randint(0, 2 * R, (16, ))
+    target = (torch.rand(16, N) < 0.05).float()
+    target[:, 0] = 1.0
+    with torch.no_grad():
+        scores = model(head, rel).scores
+    torch.testing.assert_close(naive.kgc_loss(scores, target), model.kgc_loss(scores, target))
