@@ -290,6 +290,8 @@ def _config(spec: Dict[str, Any], **over):
               progress=False, eval_batch_size=BATCH_SIZE)
     if spec.get("lr") is not None:
         kw["lr"] = spec["lr"]
+    if spec.get("model_kwargs"):
+        kw["model_kwargs"] = dict(spec["model_kwargs"])
     kw.update(over)
     return TrainConfig.for_dataset("MKG-Y", **kw)
 
@@ -587,6 +589,7 @@ def worker_equal(spec: Dict[str, Any]) -> Dict[str, Any]:
     return {
         "what": "equal learning: same seeds, same init, same batches; test MRR after training",
         "dataset": str(data.dataset_name), "dim": spec["dim"], "lr": _config(spec).lr,
+        "model_kwargs": spec.get("model_kwargs") or {},
         "epochs": spec["epochs"], "steps_per_epoch": spec.get("steps") or "all",
         "per_seed": rows,
         "momok_mrr_mean": statistics.mean(a), "momok_mrr_std": sd(a),
@@ -722,6 +725,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--equal-seeds", default="0,1,2")
     p.add_argument("--equal-lr", type=float, default=None,
                    help="learning rate of the equal-learning check (default: MKG-Y preset)")
+    p.add_argument("--equal-kwargs", default=None, metavar="JSON",
+                   help='MoMoK keyword arguments of the equal-learning check, e.g. '
+                        '\'{"hidden_dropout": 0.0}\' (both models)')
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--skip-equal", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -820,7 +826,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             seeds = [int(s) for s in args.equal_seeds.split(",") if s.strip()]
             espec = dict(base, dim=16 if args.quick else args.equal_dim,
                          epochs=1 if args.quick else args.equal_epochs,
-                         seeds=seeds[:1] if args.quick else seeds, lr=args.equal_lr)
+                         seeds=seeds[:1] if args.quick else seeds, lr=args.equal_lr,
+                         model_kwargs=json.loads(args.equal_kwargs or "{}"))
             if not args.quick:
                 espec.pop("steps", None)
             print("[equal learning] ...", flush=True)
