@@ -95,6 +95,40 @@ def test_grouped_matmul_methods_agree():
         torch.testing.assert_close(relation_grouped_matmul(x, group, mats, method), ref)
 
 
+def _hidden_samples(mode: str, draws: int) -> torch.Tensor:
+    torch.manual_seed(0)
+    d, dr = 6, 4
+    scorer = TuckerScorer(3, d, dr, input_dropout=0.0, hidden_dropout=0.4,
+                          output_dropout=0.0, batch_norm=False, hidden_dropout_mode=mode)
+    head = torch.randn(1, d).expand(draws, d)  # one query repeated: draws of its noise
+    rel = torch.full((draws, ), 1)
+    scorer.train()
+    with torch.no_grad():
+        return scorer.query(head, rel)
+
+
+def test_gaussian_hidden_dropout_matches_per_sample_masks_in_moments():
+    exact, gauss = _hidden_samples("sample", 40000), _hidden_samples("gaussian", 40000)
+    torch.testing.assert_close(gauss.mean(0), exact.mean(0), atol=0.03, rtol=0.0)
+    ratio = gauss.var(0) / exact.var(0)
+    assert exact.var(0).min() > 1e-3  # the masks do inject noise
+    assert torch.all((ratio > 0.93) & (ratio < 1.07)), ratio
+    # and the noise of different output entries is uncorrelated in both
+    for x in (exact, gauss):
+        c = torch.corrcoef(x.t())
+        off = c - torch.diag(torch.diagonal(c))
+        assert off.abs().max() < 0.03
+
+
+def test_relation_hidden_dropout_shares_one_mask_per_relation():
+    rel_mode = _hidden_samples("relation", 64)  # all 64 samples have relation 1
+    assert torch.allclose(rel_mode, rel_mode[:1].expand_as(rel_mode))
+    exact = _hidden_samples("sample", 64)
+    assert not torch.allclose(exact, exact[:1].expand_as(exact))
+    with pytest.raises(ValueError, match="hidden_dropout_mode"):
+        TuckerScorer(3, 4, 4, hidden_dropout_mode="bernoulli")
+
+
 # --------------------------------------------------------------------------------- ReMoKE --
 def test_remoke_experts_match_definition():
     torch.manual_seed(0)

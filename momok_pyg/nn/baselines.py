@@ -25,13 +25,15 @@ class TuckER(MoMoK):
                  rel_dim: Optional[int] = None, loss: str = "ce",
                  label_smoothing: Optional[float] = None, input_dropout: float = 0.3,
                  hidden_dropout: float = 0.4, output_dropout: float = 0.5,
-                 batch_norm: bool = True, grouped: str = "loop"):
+                 batch_norm: bool = True, grouped: str = "loop",
+                 hidden_dropout_mode: str = "gaussian"):
         super().__init__(num_entities, num_relations, features=None, masks=None, dim=dim,
                          rel_dim=rel_dim, num_experts=0, use_structure=True, joint=False,
                          exid=False, loss=loss, label_smoothing=label_smoothing,
                          aggregate="sum", input_dropout=input_dropout,
                          hidden_dropout=hidden_dropout, output_dropout=output_dropout,
-                         batch_norm=batch_norm, grouped=grouped)
+                         batch_norm=batch_norm, grouped=grouped,
+                         hidden_dropout_mode=hidden_dropout_mode)
 
     @classmethod
     def from_data(cls, data, **kwargs) -> "TuckER":

@@ -195,7 +195,8 @@ class MoMoK(torch.nn.Module):
             ``dim`` (e.g. the official code keeps the raw feature sizes).
         expert_dropout (float): :class:`ReMoKE` input dropout (official 0).
         input_dropout, hidden_dropout, output_dropout (float), batch_norm (bool),
-            grouped (str): :class:`TuckerScorer` settings (official 0.3 / 0.4 / 0.5).
+            grouped (str), hidden_dropout_mode (str): :class:`TuckerScorer` settings
+            (official rates 0.3 / 0.4 / 0.5).
         fusion_heads (int), fusion_dropout (float): :class:`ModalityFusion` settings.
         noise_eps (float): Gate noise-scale floor.
         exid_hidden (int, optional), exid_pairs (str), exid_shared (bool),
@@ -215,7 +216,8 @@ class MoMoK(torch.nn.Module):
                  modality_dims: Optional[Mapping[str, int]] = None,
                  expert_dropout: float = 0.0, input_dropout: float = 0.3,
                  hidden_dropout: float = 0.4, output_dropout: float = 0.5,
-                 batch_norm: bool = True, grouped: str = "loop", fusion_heads: int = 2,
+                 batch_norm: bool = True, grouped: str = "loop",
+                 hidden_dropout_mode: str = "gaussian", fusion_heads: int = 2,
                  fusion_dropout: float = 0.2, noise_eps: float = 1e-2,
                  exid_hidden: Optional[int] = None, exid_pairs: str = "all",
                  exid_shared: bool = False, exid_sample: bool = False):
@@ -284,7 +286,7 @@ class MoMoK(torch.nn.Module):
                            label_smoothing=label_smoothing, aggregate=aggregate,
                            input_dropout=input_dropout, hidden_dropout=hidden_dropout,
                            output_dropout=output_dropout, batch_norm=batch_norm,
-                           grouped=grouped)
+                           grouped=grouped, hidden_dropout_mode=hidden_dropout_mode)
         self.exid: Optional[ExID] = (ExID(out_dims, num_experts, exid_hidden, exid_pairs,
                                           exid_shared, exid_sample)
                                      if exid and num_experts >= 2 else None)

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import BatchNorm1d, Embedding, Parameter
 
+HIDDEN_DROPOUT_MODES = ("gaussian", "sample", "relation")
+
 
 def group_by_relation(rel: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""Groups a batch by relation id.
@@ -100,12 +102,31 @@ class TuckerScorer(torch.nn.Module):
     multiplied by it as a group (:func:`relation_grouped_matmul`, :math:`B d_e^2` MACs);
     no ``[B, d_e, d_e]`` tensor is ever built.
 
-    .. note::
-        The official code draws the hidden-dropout mask on every sample's own copy of
-        :math:`\mathbf{W}_r`; here a mask is drawn per distinct relation and shared by the
-        samples of that relation in the batch (the only way to avoid the
-        ``[B, d_e, d_e]`` tensor). Same rate and expectation; the masks are correlated
-        within a relation group.
+    **Hidden dropout.** The official code drops entries of every *sample's* own copy of
+    :math:`\mathbf{W}_r` (rate :math:`p`): :math:`\mathbf{q}_b = \mathbf{x}_b
+    (\mathbf{W}_r \odot \mathbf{M}_b) / (1-p)`. Drawing :math:`\mathbf{M}_b` needs the
+    ``[B, d_e, d_e]`` tensor the grouping avoids, so ``hidden_dropout_mode`` chooses:
+
+    * ``"gaussian"`` (default): the moment-matched Gaussian of that noise ("fast dropout",
+      Wang & Manning, 2013). Given :math:`\mathbf{x}_b` and :math:`\mathbf{W}_r`, the
+      entries of :math:`\mathbf{q}_b` are independent with mean
+      :math:`(\mathbf{x}_b \mathbf{W}_r)_j` and variance
+      :math:`\frac{p}{1-p} \sum_i x_{bi}^2 W_{r,ij}^2`; they are drawn as
+
+      .. math::
+          \mathbf{q}_b = \mathbf{x}_b \mathbf{W}_r + \boldsymbol{\xi}_b \odot
+          \sqrt{\tfrac{p}{1-p}\, (\mathbf{x}_b \odot \mathbf{x}_b)
+          (\mathbf{W}_r \odot \mathbf{W}_r)}, \qquad \boldsymbol{\xi}_b \sim
+          \mathcal{N}(\mathbf{0}, \mathbf{I}),
+
+      one more relation-grouped product (:math:`B d_e^2` MACs) and :math:`B d_e` normal
+      draws instead of :math:`B d_e^2` Bernoulli draws. Same first two moments as the
+      official per-sample masks; ``benchmarks/bench_momok.py`` checks that it learns like
+      them ("equal learning").
+    * ``"sample"``: the official per-sample masks, exactly (builds ``[B, d_e, d_e]``; slow
+      and memory-hungry, for reference).
+    * ``"relation"``: one mask per distinct relation of the batch, shared by its samples
+      (cheap, but the correlated noise learns measurably worse; kept for comparison).
 
     Args:
         num_relations (int): Rows of the relation table (``2R`` with reciprocals).
@@ -119,14 +140,19 @@ class TuckerScorer(torch.nn.Module):
             :meth:`forward` needs ``rel_table`` (MoMoK's joint modality fuses its table from
             the other modalities).
         grouped (str): ``"loop"`` or ``"padded"``, see :func:`relation_grouped_matmul`.
+        hidden_dropout_mode (str): ``"gaussian"``, ``"sample"`` or ``"relation"`` (above).
     """
     def __init__(self, num_relations: int, ent_dim: int, rel_dim: int,
                  input_dropout: float = 0.3, hidden_dropout: float = 0.4,
                  output_dropout: float = 0.5, batch_norm: bool = True,
-                 rel_embedding: bool = True, grouped: str = "loop"):
+                 rel_embedding: bool = True, grouped: str = "loop",
+                 hidden_dropout_mode: str = "gaussian"):
         super().__init__()
         if grouped not in ("loop", "padded"):
             raise ValueError(f"grouped must be 'loop' or 'padded', got {grouped!r}")
+        if hidden_dropout_mode not in HIDDEN_DROPOUT_MODES:
+            raise ValueError(f"hidden_dropout_mode must be one of {HIDDEN_DROPOUT_MODES}, "
+                             f"got {hidden_dropout_mode!r}")
         self.num_relations = num_relations
         self.ent_dim = ent_dim
         self.rel_dim = rel_dim
@@ -134,6 +160,7 @@ class TuckerScorer(torch.nn.Module):
         self.hidden_dropout = hidden_dropout
         self.output_dropout = output_dropout
         self.grouped = grouped
+        self.hidden_dropout_mode = hidden_dropout_mode
         self.core = Parameter(torch.empty(rel_dim, ent_dim, ent_dim))
         self.rel_emb = Embedding(num_relations, rel_dim) if rel_embedding else None
         self.bn0 = BatchNorm1d(ent_dim) if batch_norm else None
@@ -179,10 +206,28 @@ class TuckerScorer(torch.nn.Module):
             mats = all_matrices.index_select(0, unique)
         else:
             mats = self.relation_matrices(rel_table.index_select(0, unique))
-        mats = F.dropout(mats, self.hidden_dropout, self.training)
-        q = relation_grouped_matmul(x, group, mats, self.grouped, grouping=(perm, counts))
+        q = self._hidden(x, group, mats, (perm, counts))
         q = self.bn1(q) if self.bn1 is not None else q
         return F.dropout(q, self.output_dropout, self.training)
+
+    def _hidden(self, x: Tensor, group: Tensor, mats: Tensor,
+                grouping: Tuple[Tensor, Tensor]) -> Tensor:
+        r""":math:`\mathbf{x}_b \mathbf{W}_{g(b)}` with hidden dropout (see class doc)."""
+        p = self.hidden_dropout
+        if not self.training or p == 0.0:
+            return relation_grouped_matmul(x, group, mats, self.grouped, grouping)
+        if self.hidden_dropout_mode == "sample":
+            per_sample = F.dropout(mats.index_select(0, group), p, True)  # [B, d, d]
+            return torch.bmm(x.unsqueeze(1), per_sample).squeeze(1)
+        if self.hidden_dropout_mode == "relation":
+            return relation_grouped_matmul(x, group, F.dropout(mats, p, True), self.grouped,
+                                           grouping)
+        if p >= 1.0:
+            return x.new_zeros(x.size(0), mats.size(-1))
+        mean = relation_grouped_matmul(x, group, mats, self.grouped, grouping)
+        var = relation_grouped_matmul(x * x, group, mats * mats, self.grouped, grouping)
+        std = torch.sqrt(var.float().clamp_min(1e-12) * (p / (1.0 - p))).to(mean.dtype)
+        return mean + torch.randn_like(mean) * std
 
     def forward(self, head: Tensor, rel: Tensor, candidates: Tensor,
                 rel_table: Optional[Tensor] = None) -> Tensor:
@@ -192,4 +237,4 @@ class TuckerScorer(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.num_relations}, ent_dim={self.ent_dim}, "
-                f"rel_dim={self.rel_dim}")
+                f"rel_dim={self.rel_dim}, hidden_dropout_mode={self.hidden_dropout_mode!r}")
