@@ -180,6 +180,9 @@ class DeviceQueries:
     def target(self, index, dtype=torch.float32):
         return self.queries.target(index.cpu(), dtype).to(self.device, non_blocking=True)
 
+    def sparse_target(self, index, dtype=torch.float32):
+        return self.queries.sparse_target(index.cpu(), dtype).to(self.device)
+
     def batches(self, batch_size, generator=None, shuffle=True) -> Iterator:
         for i, (ent, rel, idx) in enumerate(self.queries.batches(batch_size, generator,
                                                                  shuffle)):

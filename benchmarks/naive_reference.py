@@ -183,10 +183,16 @@ class NaiveMoMoK(torch.nn.Module):
         r"""Eq. 5: :math:`\sum_m -\frac{1}{B}\sum_b \sum_e \tilde y_{be}
         \log\mathrm{softmax}(\mathbf{s}_{m,b})_e`, :math:`\tilde{\mathbf{y}} = \mathbf{y} /
         \lVert\mathbf{y}\rVert_1`."""
-        target = target.float()
+        target = (target.to_dense() if target.is_sparse else target).float()  # dense, literally
         y = target / target.sum(dim=1, keepdim=True).clamp_min(1.0)
         return sum(-(y * F.log_softmax(s.float(), dim=1)).sum(1).mean()
                    for s in scores.values())
+
+    def forward_loss(self, head: Tensor, rel: Tensor, target: Tensor):
+        r"""The trainer's step: :meth:`forward`, then :meth:`kgc_loss` of its scores."""
+        from momok_pyg.nn import MoMoKLoss
+        out = self(head, rel)
+        return MoMoKLoss(self.kgc_loss(out.scores, target), out.views, out.gates)
 
     @torch.no_grad()
     def predict(self, head: Tensor, rel: Tensor) -> Tensor:

@@ -129,6 +129,47 @@ def test_relation_hidden_dropout_shares_one_mask_per_relation():
         TuckerScorer(3, 4, 4, hidden_dropout_mode="bernoulli")
 
 
+# ------------------------------------------------------------------------------ 1-N loss --
+@pytest.mark.parametrize("kind", ["ce", "bce"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("layout", ["dense", "coo", "csr"])
+def test_sparse_one_to_n_loss_equals_dense_definition(kind, eps, layout):
+    from momok_pyg.nn import one_to_n_loss
+    torch.manual_seed(0)
+    B, N = 9, 23
+    score = (3 * torch.randn(B, N)).requires_grad_()
+    y = (torch.rand(B, N) < 0.15).float()
+    y[0] = 0  # a query without answers
+    y[1, :4] = 1
+    if layout == "dense":
+        target = y
+    elif layout == "coo":
+        target = y.to_sparse()
+    else:
+        target = y.to_sparse_csr()
+    if kind == "ce":  # the definition: F.cross_entropy against the normalised target
+        ref = F.cross_entropy(score, y / y.sum(1, keepdim=True).clamp_min(1.0),
+                              label_smoothing=eps)
+    else:
+        ref = F.binary_cross_entropy_with_logits(score, (1 - eps) * y + 1.0 / N)
+    out = one_to_n_loss(score, target, kind, eps)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    g_out, = torch.autograd.grad(3.0 * out, score)
+    g_ref, = torch.autograd.grad(3.0 * ref, score)
+    torch.testing.assert_close(g_out, g_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_one_to_n_loss_rejects_bad_input():
+    from momok_pyg.nn import one_to_n_loss
+    s = torch.randn(3, 5)
+    with pytest.raises(ValueError, match="shape"):
+        one_to_n_loss(s, torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="loss must be"):
+        one_to_n_loss(s, torch.zeros(3, 5), "mse")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        one_to_n_loss(s, torch.zeros(3, 5), "ce", 1.0)
+
+
 # --------------------------------------------------------------------------------- ReMoKE --
 def test_remoke_experts_match_definition():
     torch.manual_seed(0)
@@ -273,6 +314,38 @@ def test_exid_gradients_go_to_views_or_estimators_only():
 
 
 # --------------------------------------------------------------------------------- MoMoK ---
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_forward_loss_equals_loss_of_scores(loss, bf16):
+    # the training step's fused path == kgc_loss(forward(...).scores): value and gradients
+    model = make_model(loss=loss)
+    model.train()
+    head, rel = batch()
+    target = torch.zeros(len(head), N)
+    target[torch.arange(len(head)), torch.randint(0, N, (len(head), ))] = 1
+    target[0, :3] = 1
+    params = [p for p in model.kgc_parameters()]
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(5)  # same dropout / gate-noise draws in both passes
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if fused:
+                value = model.forward_loss(head, rel, target.to_sparse()).loss
+            else:
+                out = model(head, rel)
+                value = model.kgc_loss({m: s.float() for m, s in out.scores.items()}, target)
+        results.append((value, torch.autograd.grad(value, params, allow_unused=True)))
+    (v0, g0), (v1, g1) = results
+    tol = dict(rtol=2e-2, atol=1e-3) if bf16 else dict(rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(v1, v0, **tol)
+    for name_p, a, b in zip([n for n, p in model.named_parameters()
+                             if id(p) in {id(q) for q in params}], g1, g0):
+        if a is None or b is None:
+            assert a is None and b is None, name_p
+            continue
+        torch.testing.assert_close(a, b, **tol, msg=name_p)
+
+
 def test_gradients_reach_every_parameter():
     model = make_model()
     model.train()

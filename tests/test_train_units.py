@@ -38,6 +38,7 @@ def test_one_to_n_queries_match_brute_force():
     idx = torch.randperm(len(q), generator=torch.Generator().manual_seed(1))[:64]
     y = q.target(idx)
     assert y.shape == (64, N) and y.dtype == torch.float32
+    assert torch.equal(q.sparse_target(idx).to_dense(), y)
     for row, i in enumerate(idx.tolist()):
         expect = torch.zeros(N)
         expect[list(ref[pairs[i]])] = 1

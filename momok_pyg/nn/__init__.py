@@ -3,19 +3,21 @@ r"""MoMoK model components (paper Section 4).
 * :class:`ReMoKE` — relation-guided modality knowledge experts (Eq. 2)
 * :class:`MuJoD` — multi-modal joint decision: fusion + per-modality Tucker scoring (Eq. 3-6)
 * :class:`TuckerScorer` — 1-N Tucker score with relation-grouped core contraction (Eq. 4)
+* :func:`one_to_n_loss` — MuJoD's 1-N losses on sparse multi-hot targets (Eq. 5)
 * :class:`CLUB`, :class:`ExID` — expert information disentanglement (Eq. 7-9)
 * :class:`MoMoK` — the assembled model; :class:`TuckER` — the structure-only baseline
 """
 from .tucker import TuckerScorer, group_by_relation, relation_grouped_matmul
 from .remoke import ReMoKE, ReMoKEOutput, RelationTemperature, gate_entropy
+from .loss import linear_one_to_n_loss, one_to_n_loss
 from .mujod import JOINT, ModalityFusion, MuJoD
 from .exid import CLUB, ExID
-from .momok import MoMoK, MoMoKOutput, ModalityTable, StructureTable, preprocess_features
+from .momok import MoMoK, MoMoKLoss, MoMoKOutput, ModalityTable, StructureTable, preprocess_features
 from .baselines import TuckER
 
 __all__ = [
     "MoMoK", "MoMoKOutput", "ReMoKE", "ReMoKEOutput", "RelationTemperature", "MuJoD",
     "ModalityFusion", "ExID", "CLUB", "TuckerScorer", "TuckER", "ModalityTable",
     "StructureTable", "preprocess_features", "group_by_relation", "relation_grouped_matmul",
-    "gate_entropy", "JOINT",
+    "gate_entropy", "JOINT", "one_to_n_loss", "linear_one_to_n_loss", "MoMoKLoss",
 ]

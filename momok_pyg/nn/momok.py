@@ -26,6 +26,14 @@ class MoMoKOutput(NamedTuple):
     fusion_weights: Optional[Tensor] = None  #: ``[B, M]`` joint attention of the heads
 
 
+class MoMoKLoss(NamedTuple):
+    r"""What :meth:`MoMoK.forward_loss` returns for a batch of queries and their answers."""
+    loss: Tensor  #: :math:`\mathcal{L}_{kgc} = \sum_m \mathcal{L}_m` (scalar)
+    views: Dict[str, Tensor]  #: ``{m: [B, K, d_m]}`` expert views of the heads (for ExID)
+    gates: Dict[str, Tensor]  #: ``{m: [B, K]}`` relation-aware gate weights of the heads
+    fusion_weights: Optional[Tensor] = None  #: ``[B, M]`` joint attention of the heads
+
+
 def preprocess_features(x: Tensor, norm: Optional[str] = "l2", pool: Optional[int] = None
                         ) -> Tensor:
     r"""Row-wise feature preprocessing: optional L2 normalisation, then optional 1-D adaptive
@@ -412,6 +420,17 @@ class MoMoK(torch.nn.Module):
         heads, views, gates = self._heads(head, rel, st)
         scores, weights = self.mujod(heads, rel, st.cand, st.mats)
         return MoMoKOutput(scores, views, gates, weights)
+
+    def forward_loss(self, head: Tensor, rel: Tensor, target: Tensor) -> MoMoKLoss:
+        r"""The training step's forward: :math:`\mathcal{L}_{kgc}` of the queries
+        ``(head, rel, ?)`` against the multi-hot ``target`` ``[B, N]`` (dense or sparse), equal
+        in value and gradients to ``kgc_loss(self(head, rel).scores, target)`` but keeping no
+        ``[B, N]`` tensor for backward (see :meth:`MuJoD.forward_loss`)."""
+        self._check_ids(head, rel)
+        st = self._entity_state()
+        heads, views, gates = self._heads(head, rel, st)
+        loss, weights = self.mujod.forward_loss(heads, rel, st.cand, target)
+        return MoMoKLoss(loss, views, gates, weights)
 
     def kgc_loss(self, scores: Mapping[str, Tensor], target: Tensor) -> Tensor:
         r""":math:`\mathcal{L}_{kgc} = \sum_m \mathcal{L}_m` for a multi-hot ``target``

@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import ModuleDict, Parameter, ParameterDict
 
+from .loss import LOSSES, linear_one_to_n_loss, one_to_n_loss
 from .tucker import TuckerScorer
 
 JOINT = "joint"
 FUSIONS = ("attention", "mean")
-LOSSES = ("ce", "bce")
 AGGREGATES = ("sum", "mean_sigmoid")
 
 
@@ -239,6 +239,19 @@ class MuJoD(torch.nn.Module):
         q, weights = self.queries(heads, rel, all_matrices)
         return {m: q[m] @ candidates[m].t() for m in self.score_modalities}, weights
 
+    def forward_loss(self, heads: Mapping[str, Tensor], rel: Tensor,
+                     candidates: Mapping[str, Tensor], target: Tensor
+                     ) -> Tuple[Tensor, Optional[Tensor]]:
+        r"""``(loss(forward(heads, rel, candidates)[0], target), weights)`` with the same
+        value and gradients, but no ``[B, N]`` score tensor kept for backward (each
+        modality's scores, loss and score gradient live only inside
+        :func:`~momok_pyg.nn.loss.linear_one_to_n_loss`). The training step's path."""
+        q, weights = self.queries(heads, rel)
+        loss = sum(linear_one_to_n_loss(q[m], candidates[m], target, self.loss_type,
+                                        self.label_smoothing)
+                   for m in self.score_modalities)
+        return loss, weights
+
     def check_modalities(self, modalities: Optional[Sequence[str]]) -> List[str]:
         r"""Validates a subset of :attr:`score_modalities` (:obj:`None` = all)."""
         modalities = list(self.score_modalities if modalities is None else modalities)
@@ -268,34 +281,14 @@ class MuJoD(torch.nn.Module):
             return (qs @ cs.t()).float()
         return self.aggregate({m: q[m] @ candidates[m].t() for m in modalities}, modalities)
 
-    def prepare_target(self, target: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        r"""The training target of every modality's loss from a multi-hot ``[B, N]``:
-        :math:`\mathbf{y}/\lVert\mathbf{y}\rVert_1` for ``"ce"``,
-        :math:`(1-\varepsilon)\mathbf{y} + 1/N` for ``"bce"``."""
-        target = target.to(dtype)
-        if self.loss_type == "ce":
-            return target / target.sum(dim=1, keepdim=True).clamp_min(1.0)
-        return (1.0 - self.label_smoothing) * target + 1.0 / target.size(1)
-
-    def modality_loss(self, score: Tensor, prepared: Tensor) -> Tensor:
-        r"""1-N loss of one modality's ``score`` ``[B, N]`` against a target from
-        :meth:`prepare_target`."""
-        score = score.float()
-        if self.loss_type == "ce":
-            return F.cross_entropy(score, prepared, label_smoothing=self.label_smoothing)
-        return F.binary_cross_entropy_with_logits(score, prepared)
-
     def loss(self, scores: Mapping[str, Tensor], target: Tensor) -> Tensor:
         r""":math:`\sum_m \mathcal{L}_m` over the given modalities' scores; ``target`` is the
-        multi-hot ``[B, N]`` (1 = true tail)."""
+        multi-hot ``[B, N]`` (1 = true tail), dense or sparse (COO/CSR; the trainer passes
+        CSR). See :func:`~momok_pyg.nn.loss.one_to_n_loss`."""
         if len(scores) == 0:
             raise ValueError("no scores to compute a loss on")
-        first = next(iter(scores.values()))
-        if target.shape != first.shape:
-            raise ValueError(f"target must have the scores' shape {tuple(first.shape)}, got "
-                             f"{tuple(target.shape)}")
-        prepared = self.prepare_target(target)
-        return sum(self.modality_loss(s, prepared) for s in scores.values())
+        return sum(one_to_n_loss(s.float(), target, self.loss_type, self.label_smoothing)
+                   for s in scores.values())
 
     def aggregate(self, scores: Mapping[str, Tensor],
                   modalities: Optional[Sequence[str]] = None) -> Tensor:

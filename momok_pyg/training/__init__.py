@@ -13,6 +13,7 @@ from .checkpoint import (atomic_torch_save, atomic_write_json, get_rng_state, lo
                          remove_stale_tmp, seed_everything, set_rng_state)
 from .config import PRESETS, SYNTHETIC, TrainConfig, canonical_dataset
 from .ensemble import EnsembleScorer
+from .optim import BackwardAdam
 from .loop import (build_model, fit, load_data, member_names, scorer, train_epoch,
                    usable_modalities)
 from .runs import evaluate_run, load_model, train
@@ -21,7 +22,7 @@ __all__ = [
     "TrainConfig", "PRESETS", "SYNTHETIC", "canonical_dataset", "train", "fit", "train_epoch",
     "evaluate_run", "load_model", "load_data", "build_model", "member_names", "scorer",
     "usable_modalities",
-    "EnsembleScorer", "OneToNQueries", "epoch_generator", "atomic_torch_save",
+    "EnsembleScorer", "BackwardAdam", "OneToNQueries", "epoch_generator", "atomic_torch_save",
     "atomic_write_json", "load_checkpoint", "remove_stale_tmp", "get_rng_state",
     "set_rng_state", "seed_everything",
 ]

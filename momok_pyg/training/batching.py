@@ -11,7 +11,9 @@ The training set of a 1-N model is the set of *distinct* queries
 
 each with a multi-hot target :math:`\mathbf{y}_q \in \{0, 1\}^N` over all :math:`N` entities
 (:math:`y_{q,e} = 1` iff :math:`e` answers :math:`q` in the training graph). The answers are
-stored once in CSR form (``rowptr``/``col``); dense ``[B, N]`` targets are built per batch.
+stored once in CSR form (``rowptr``/``col``); a batch's target is a sparse ``[B, N]`` COO
+tensor of its answers (:meth:`OneToNQueries.sparse_target`, what the trainer feeds the loss)
+or, on request, a dense one.
 """
 from __future__ import annotations
 
@@ -82,6 +84,16 @@ class OneToNQueries:
         row, col = self.answers(index)
         y[row, col] = 1
         return y
+
+    def sparse_target(self, index: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        r"""The multi-hot target of the queries :obj:`index` as a coalesced sparse COO
+        ``[B, N]`` tensor (its answers only; :func:`momok_pyg.nn.one_to_n_loss` reads it
+        without densifying)."""
+        row, col = self.answers(index)
+        return torch.sparse_coo_tensor(torch.stack([row, col]),
+                                       torch.ones(row.numel(), dtype=dtype),
+                                       (index.numel(), self.num_entities), is_coalesced=True,
+                                       check_invariants=False)  # sorted, unique by construction
 
     def lookup(self, entity: Tensor, relation: Tensor) -> Tensor:
         r"""Query ids of ``(entity, relation)`` pairs, ``-1`` where the pair is no training

@@ -82,6 +82,9 @@ class TrainConfig:
     epochs: int = 40
     lambda_club: float = 1e-4
     weight_decay: float = 0.0
+    #: update each parameter inside backward and free its gradient at once
+    #: (:class:`~momok_pyg.training.optim.BackwardAdam`; same updates, less memory)
+    optimizer_in_backward: bool = True
     # selection
     eval_every: int = 1
     patience: int = 5

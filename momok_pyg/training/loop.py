@@ -41,6 +41,7 @@ from .batching import OneToNQueries, epoch_generator
 from .checkpoint import (atomic_torch_save, atomic_write_json, get_rng_state, git_commit,
                          load_checkpoint, remove_stale_tmp, seed_everything, set_rng_state)
 from .config import SYNTHETIC, TrainConfig
+from .optim import BackwardAdam
 
 PathLike = Union[str, os.PathLike]
 CONFIG, METRICS, LAST, BEST = "config.json", "metrics.json", "last.pt", "best.pt"
@@ -190,11 +191,10 @@ def train_epoch(model: torch.nn.Module, queries: OneToNQueries, optimizer: torch
     bar = tqdm(total=queries.num_batches(config.batch_size), desc=f"epoch {epoch}",
                disable=not progress, leave=False, dynamic_ncols=True)
     for ent, rel, idx in queries.batches(config.batch_size, gen):
-        target = queries.target(idx)
+        target = queries.sparse_target(idx)
         with autocast:
-            out = model(ent, rel)
-            scores = {m: s.float() for m, s in out.scores.items()}
-            loss = model.kgc_loss(scores, target)
+            out = model.forward_loss(ent, rel, target)
+            loss = out.loss
             upper = None
             if exid is not None and config.lambda_club > 0:
                 upper = exid.upper_bound({m: v.float() for m, v in out.views.items()})
@@ -225,7 +225,9 @@ def train_epoch(model: torch.nn.Module, queries: OneToNQueries, optimizer: torch
 # a full run
 # ---------------------------------------------------------------------------------------------
 def _optimizers(model: torch.nn.Module, config: TrainConfig
-                ) -> Tuple[torch.optim.Optimizer, Optional[torch.optim.Optimizer]]:
+                ) -> Tuple[Any, Optional[torch.optim.Optimizer]]:
+    r"""Adam on the model's parameters (:class:`BackwardAdam` if
+    ``config.optimizer_in_backward``) and ExID's own Adam on its :math:`q_\theta`."""
     params = list(model.kgc_parameters()) if hasattr(model, "kgc_parameters") else [
         p for p in model.parameters()]
     # fused Adam: one kernel per step instead of ~6 passes over every parameter (the Tucker
@@ -233,8 +235,12 @@ def _optimizers(model: torch.nn.Module, config: TrainConfig
     def fused(ps) -> bool:
         return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in ps)
 
-    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay,
+    if config.optimizer_in_backward:
+        opt = BackwardAdam(params, lr=config.lr, weight_decay=config.weight_decay,
                            fused=fused(params))
+    else:
+        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay,
+                               fused=fused(params))
     exid = getattr(model, "exid", None)
     q_params = list(exid.parameters()) if exid is not None else []
     q_opt = (torch.optim.Adam(q_params, lr=config.lr, fused=fused(q_params))

@@ -1,0 +1,184 @@
+r"""The 1-N training losses of MuJoD (paper Eq. 5) on sparse multi-hot targets.
+
+A 1-N batch scores :math:`B` queries against all :math:`N` entities, but each query has only a
+handful of answers. The two losses below take the answers as a sparse ``[B, N]`` target and
+never build a dense target, a log-softmax or any other ``[B, N]`` tensor in the forward pass
+beyond the scores themselves; the backward pass builds one ``[B, N]`` gradient. Both equal
+their dense :mod:`torch.nn.functional` counterparts (asserted in ``tests/test_nn.py``).
+
+For weights :math:`y_{bt} \ge 0` (1 for a multi-hot answer, 0 elsewhere) and label smoothing
+:math:`\varepsilon`:
+
+* ``"ce"``: softmax cross-entropy against :math:`\tilde{\mathbf{y}}_b = (1-\varepsilon)
+  \mathbf{y}_b / \lVert\mathbf{y}_b\rVert_1 + \varepsilon / N` (the definition of
+  ``F.cross_entropy(score, y / |y|, label_smoothing=eps)``),
+
+  .. math::
+      \ell_b = c_b \operatorname{logsumexp}(\mathbf{s}_b) - \tilde{\mathbf{y}}_b^\top
+      \mathbf{s}_b, \qquad c_b = \textstyle\sum_t \tilde{y}_{bt}, \qquad
+      \frac{\partial \ell_b}{\partial \mathbf{s}_b} = c_b\,\mathrm{softmax}(\mathbf{s}_b)
+      - \tilde{\mathbf{y}}_b,
+
+* ``"bce"``: mean binary cross-entropy of :math:`\sigma(s_{bt})` against
+  :math:`\tilde{y}_{bt} = (1-\varepsilon) y_{bt} + 1/N` (the official target),
+
+  .. math::
+      \ell = \frac{1}{BN} \sum_{b,t} \mathrm{softplus}(s_{bt}) - \tilde{y}_{bt} s_{bt},
+      \qquad \frac{\partial \ell}{\partial s_{bt}} = \frac{\sigma(s_{bt}) -
+      \tilde{y}_{bt}}{BN},
+
+with :math:`\tilde{\mathbf{y}}_b^\top \mathbf{s}_b` computed from the non-zeros of
+:math:`\mathbf{y}` plus :math:`\sum_t s_{bt}`. The ``"ce"`` loss is averaged over the batch.
+"""
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOSSES = ("ce", "bce")
+
+
+def sparse_rows(target: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""``(row, col, value)`` of the non-zeros of a ``[B, N]`` target, dense or sparse
+    (COO or CSR)."""
+    if target.layout == torch.sparse_csr:
+        crow, col = target.crow_indices(), target.col_indices()
+        row = torch.repeat_interleave(torch.arange(target.size(0), device=crow.device),
+                                      crow.diff())
+        return row, col, target.values()
+    if target.layout == torch.sparse_coo:
+        target = target.coalesce()
+        row, col = target.indices()
+        return row, col, target.values()
+    row, col = target.nonzero(as_tuple=True)
+    return row, col, target[row, col]
+
+
+def _loss_value(score: Tensor, row: Tensor, col: Tensor, value: Tensor, kind: str,
+                eps: float) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    r"""The loss of float ``score`` ``[B, N]`` and what :func:`_loss_grad` needs."""
+    B, N = score.shape
+    picked = score[row, col] * value  # [nnz]
+    row_sum = score.sum(dim=1)  # [B]
+    if kind == "ce":
+        norm = torch.zeros(B, dtype=score.dtype, device=score.device).index_add_(
+            0, row, value)  # |y_b|
+        coef = (1.0 - eps) * (norm > 0).to(score.dtype) + eps  # c_b
+        weight = (1.0 - eps) / norm.clamp_min(torch.finfo(score.dtype).tiny)
+        pos = torch.zeros_like(norm).index_add_(0, row, picked) * weight
+        lse = torch.logsumexp(score, dim=1)
+        return (coef * lse - pos - (eps / N) * row_sum).mean(), (lse, coef, weight)
+    pos = picked.sum() * (1.0 - eps) + row_sum.sum() / N
+    return (F.softplus(score).sum() - pos) / (B * N), ()
+
+
+def _loss_grad(score: Tensor, row: Tensor, col: Tensor, value: Tensor, kind: str, eps: float,
+               aux: Tuple[Tensor, ...], inplace: bool = False) -> Tensor:
+    r""":math:`\partial \ell / \partial \mathbf{S}` ``[B, N]``, written over ``score`` if
+    ``inplace`` (the only ``[B, N]`` buffer of the backward pass)."""
+    B, N = score.shape
+    grad = score if inplace else score.clone()
+    if kind == "ce":
+        lse, coef, weight = aux
+        grad.sub_(lse.unsqueeze(1)).exp_()  # softmax
+        grad.mul_((coef / B).unsqueeze(1)).sub_(eps / (N * B))
+        grad.index_put_((row, col), -(weight[row] * value) / B, accumulate=True)
+    else:
+        grad.sigmoid_().sub_(1.0 / N).mul_(1.0 / (B * N))
+        grad.index_put_((row, col), -(1.0 - eps) * value / (B * N), accumulate=True)
+    return grad
+
+
+class _OneToNLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, score: Tensor, row: Tensor, col: Tensor, value: Tensor, kind: str,
+                eps: float) -> Tensor:
+        value = value.to(score.dtype)
+        loss, aux = _loss_value(score, row, col, value, kind, eps)
+        ctx.save_for_backward(score, row, col, value, *aux)
+        ctx.kind, ctx.eps = kind, eps
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor):
+        score, row, col, value, *aux = ctx.saved_tensors
+        grad = _loss_grad(score, row, col, value, ctx.kind, ctx.eps, tuple(aux))
+        return grad.mul_(grad_out), None, None, None, None, None
+
+
+class _LinearOneToNLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, query: Tensor, cand: Tensor, row: Tensor, col: Tensor,
+                value: Tensor, kind: str, eps: float) -> Tensor:
+        s = query @ cand.t()  # (runs in the autocast dtype under autocast, as unfused)
+        q_mm, c_mm = query.to(s.dtype), cand.to(s.dtype)
+        s = s.float()
+        value = value.to(s.dtype)
+        loss, aux = _loss_value(s, row, col, value, kind, eps)
+        grad = _loss_grad(s, row, col, value, kind, eps, aux, inplace=True).to(q_mm.dtype)
+        # the backward's products, done now, so that no [B, N] tensor outlives forward
+        ctx.save_for_backward((grad @ c_mm).to(query.dtype), (grad.t() @ q_mm).to(cand.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor):
+        grad_query, grad_cand = ctx.saved_tensors
+        return (grad_query * grad_out, grad_cand * grad_out, None, None, None, None, None)
+
+
+def one_to_n_loss(score: Tensor, target: Tensor, loss: str = "ce",
+                  label_smoothing: float = 0.0) -> Tensor:
+    r"""The 1-N loss of ``score`` ``[B, N]`` (float logits) against a multi-hot ``target``
+    ``[B, N]`` (dense, or sparse COO/CSR: only its non-zeros are read), see the module doc.
+
+    Args:
+        score (Tensor): ``[B, N]`` logits.
+        target (Tensor): ``[B, N]`` non-negative answer weights (1 = answer).
+        loss (str): ``"ce"`` or ``"bce"``.
+        label_smoothing (float): :math:`\varepsilon \in [0, 1)`.
+    """
+    _check(loss, label_smoothing)
+    if score.dim() != 2 or tuple(target.shape) != tuple(score.shape):
+        raise ValueError(f"target must have the scores' shape {tuple(score.shape)}, got "
+                         f"{tuple(target.shape)}")
+    row, col, value = sparse_rows(target.to(score.device))
+    return _OneToNLoss.apply(score, row, col, value, loss, float(label_smoothing))
+
+
+def linear_one_to_n_loss(query: Tensor, cand: Tensor, target: Tensor, loss: str = "ce",
+                         label_smoothing: float = 0.0) -> Tensor:
+    r"""``one_to_n_loss(query @ cand.t(), target, ...)`` with the same value and gradients,
+    without a ``[B, N]`` tensor outliving the call: the forward pass computes the scores,
+    the loss, :math:`\mathbf{G} = \partial\ell/\partial\mathbf{S}` in the same buffer, and
+    the two gradient products :math:`\mathbf{G}\mathbf{C}` and
+    :math:`\mathbf{G}^\top\mathbf{Q}` at once (the FLOPs of the unfused backward, done
+    early), keeping only those ``[B, d]`` and ``[N, d]`` results for backward. For training
+    steps (the gradient is computed even if backward is never called).
+
+    Args:
+        query (Tensor): ``[B, d]`` queries :math:`\mathbf{Q}`.
+        cand (Tensor): ``[N, d]`` candidate embeddings :math:`\mathbf{C}`.
+        target, loss, label_smoothing: As in :func:`one_to_n_loss`.
+    """
+    _check(loss, label_smoothing)
+    shape = (query.size(0), cand.size(0))
+    if query.dim() != 2 or cand.dim() != 2 or query.size(1) != cand.size(1):
+        raise ValueError(f"need query [B, d] and cand [N, d], got {tuple(query.shape)} and "
+                         f"{tuple(cand.shape)}")
+    if tuple(target.shape) != shape:
+        raise ValueError(f"target must have shape {shape}, got {tuple(target.shape)}")
+    row, col, value = sparse_rows(target.to(query.device))
+    return _LinearOneToNLoss.apply(query, cand, row, col, value, loss, float(label_smoothing))
+
+
+def _check(loss: str, label_smoothing: float) -> None:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+
+
+__all__ = ["LOSSES", "linear_one_to_n_loss", "one_to_n_loss", "sparse_rows"]
