@@ -231,6 +231,27 @@ def test_fusion_matches_definition_and_mean_is_uniform():
     torch.testing.assert_close(mean(xs)[1], torch.full((7, 2), 0.5))
 
 
+def test_fusion_training_values_and_gradients_match_plain_autograd():
+    from momok_pyg.nn.mujod import head_dropout_masks
+    torch.manual_seed(0)
+    fu = ModalityFusion({"a": 3, "b": 5, "c": 4}, 6, heads=2, dropout=0.3).train()
+    xs = {m: torch.randn(9, d, requires_grad=True) for m, d in (("a", 3), ("b", 5), ("c", 4))}
+    torch.manual_seed(7)
+    fused, _ = fu(xs)
+    torch.manual_seed(7)  # the same masks, drawn in the same order
+    masks = {m: head_dropout_masks(2, xs[m], 0.3, True) for m in "abc"}
+    ps = [torch.relu(torch.baddbmm(fu.bias[m], xs[m] * masks[m] / 0.7, fu.weight[m]))
+          for m in "abc"]
+    p = torch.stack(ps, 2)  # [H, n, M, out]
+    ref = (torch.softmax(p @ fu.attn, -1).unsqueeze(-1) * p).sum(2).sum(0)
+    torch.testing.assert_close(fused, ref)
+    w = torch.randn_like(ref)
+    inputs = list(xs.values()) + list(fu.parameters())
+    for a, b in zip(torch.autograd.grad((fused * w).sum(), inputs),
+                    torch.autograd.grad((ref * w).sum(), inputs)):
+        torch.testing.assert_close(a, b)
+
+
 # --------------------------------------------------------------------------------- losses --
 def test_losses_and_aggregation_follow_their_formulas():
     torch.manual_seed(0)

@@ -83,8 +83,10 @@ def _loss_grad(score: Tensor, row: Tensor, col: Tensor, value: Tensor, kind: str
     grad = score if inplace else score.clone()
     if kind == "ce":
         lse, coef, weight = aux
-        grad.sub_(lse.unsqueeze(1)).exp_()  # softmax
-        grad.mul_((coef / B).unsqueeze(1)).sub_(eps / (N * B))
+        # c_b softmax(s_b) / B = exp(s_b - lse_b + log(c_b / B)): two passes over [B, N]
+        grad.sub_((lse - torch.log(coef / B)).unsqueeze(1)).exp_()
+        if eps > 0:
+            grad.sub_(eps / (N * B))
         grad.index_put_((row, col), -(weight[row] * value) / B, accumulate=True)
     else:
         grad.sigmoid_().sub_(1.0 / N).mul_(1.0 / (B * N))

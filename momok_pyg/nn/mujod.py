@@ -17,6 +17,54 @@ FUSIONS = ("attention", "mean")
 AGGREGATES = ("sum", "mean_sigmoid")
 
 
+class _HeadProjection(torch.autograd.Function):
+    r""":math:`\mathrm{ReLU}(\mathrm{drop}_h(\mathbf{x}) \mathbf{W}_h + \mathbf{b}_h)` for
+    :math:`H` heads, ``[n, d] -> [H, n, o]``, one dropout mask per head. Saves only
+    :math:`\mathbf{x}`, the boolean masks and the output (autograd would keep the dropped
+    ``[H, n, d]`` copy and a second copy of the output); the backward recomputes the dropped
+    input from the mask."""
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, mask: Optional[Tensor],
+                scale: float) -> Tensor:
+        out = torch.relu(torch.baddbmm(bias, _HeadProjection._dropped(x, weight, mask, scale),
+                                       weight))
+        ctx.scale = scale
+        ctx.save_for_backward(x, weight, mask, out)
+        return out
+
+    @staticmethod
+    def _dropped(x: Tensor, weight: Tensor, mask: Optional[Tensor], scale: float) -> Tensor:
+        if mask is None:
+            return x.unsqueeze(0).expand(weight.size(0), -1, -1)
+        return torch.where(mask, x * scale, torch.zeros((), dtype=x.dtype, device=x.device))
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, grad_out: Tensor):
+        x, weight, mask, out = ctx.saved_tensors
+        g = torch.ops.aten.threshold_backward(grad_out.to(out.dtype), out, 0)  # ReLU'
+        xh = _HeadProjection._dropped(x, weight, mask, ctx.scale).to(g.dtype)
+        grad_w = torch.bmm(xh.transpose(1, 2), g)
+        grad_b = g.sum(dim=1, keepdim=True)
+        gx = torch.bmm(g, weight.to(g.dtype).transpose(1, 2))
+        if mask is not None:
+            gx = torch.where(mask, gx, torch.zeros((), dtype=gx.dtype, device=gx.device))
+            gx = gx.sum(0).mul_(ctx.scale)
+        else:
+            gx = gx.sum(0)
+        return gx.to(x.dtype), grad_w.to(weight.dtype), grad_b.to(weight.dtype), None, None
+
+
+def head_dropout_masks(heads: int, x: Tensor, p: float, training: bool) -> Optional[Tensor]:
+    r"""Boolean keep-masks ``[H, n, d]`` (keep probability :math:`1 - p`) of
+    :class:`ModalityFusion`'s input dropout, :obj:`None` when no dropout applies."""
+    if not training or p == 0.0:
+        return None
+    return torch.empty((heads, ) + tuple(x.shape), dtype=torch.bool,
+                       device=x.device).bernoulli_(1.0 - p)
+
+
 class ModalityFusion(torch.nn.Module):
     r"""Attention fusion of per-modality embeddings into one joint embedding (paper Eq. 3).
 
@@ -73,20 +121,24 @@ class ModalityFusion(torch.nn.Module):
     def forward(self, xs: Mapping[str, Tensor]) -> Tuple[Tensor, Tensor]:
         r"""Fuses ``{m: [n, d_m]}`` into ``([n, out_dim], weights [n, M])``, the weights being
         :math:`\alpha` averaged over heads (columns in :attr:`modalities` order)."""
-        proj = []
+        if self.training and self.dropout >= 1.0:
+            raise ValueError("fusion dropout 1 drops every input")
+        scale = 1.0 / (1.0 - self.dropout) if self.training else 1.0
+        proj = []  # [H, n, out] per modality
         for m in self.modalities:
-            x = xs[m].unsqueeze(0).expand(self.heads, -1, -1)
-            x = F.dropout(x, self.dropout, self.training)
-            proj.append(torch.relu(torch.baddbmm(self.bias[m], x, self.weight[m])))
-        p = torch.stack(proj, dim=2)  # [H, n, M, out]
-        h, n, num_m, out = p.shape
+            mask = head_dropout_masks(self.heads, xs[m], self.dropout, self.training)
+            proj.append(_HeadProjection.apply(xs[m], self.weight[m], self.bias[m], mask, scale))
+        h, n, num_m = proj[0].size(0), proj[0].size(1), len(proj)
         if self.attn is None:
-            alpha = p.new_full((h, n, num_m), 1.0 / num_m)
+            alpha = proj[0].new_full((h, n, num_m), 1.0 / num_m)
         else:
-            alpha = torch.softmax((p @ self.attn.to(p.dtype)).float(), dim=-1).to(p.dtype)
-        # sum_m alpha_m p_m as one batched [1, M] x [M, out] product per (head, row)
-        fused = torch.bmm(alpha.reshape(h * n, 1, num_m), p.reshape(h * n, num_m, out))
-        return fused.view(h, n, out).sum(0), alpha.float().mean(dim=0)
+            logits = torch.stack([p @ self.attn.to(p.dtype) for p in proj], dim=-1)
+            alpha = torch.softmax(logits.float(), dim=-1).to(proj[0].dtype)  # [H, n, M]
+        # sum_m alpha_m p_m without stacking the [H, n, M, out] projections
+        fused = alpha[..., 0:1] * proj[0]
+        for i in range(1, num_m):
+            fused = fused + alpha[..., i:i + 1] * proj[i]
+        return fused.sum(0), alpha.float().mean(dim=0)
 
     def extra_repr(self) -> str:
         return (f"{self.in_dims}, {self.out_dim}, "

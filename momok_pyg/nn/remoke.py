@@ -130,14 +130,15 @@ class ReMoKE(torch.nn.Module):
     def gate_logits(self, x: Tensor, views: Tensor) -> Tensor:
         r"""Gate logits :math:`U_m(\mathbf{V}_i) + \delta_i` (noise in training only),
         ``[n, K]``, from the raw input ``x`` ``[n, d_in]`` and ``views`` ``[n, K, d]``."""
-        if self.gate_input == "views":
-            clean = (views @ self.w_gate).squeeze(-1)
-        else:
-            clean = x @ self.w_gate
+        src = views if self.gate_input == "views" else x
         if not (self.noise and self.training):
-            return clean
-        raw_std = (views @ self.w_noise).squeeze(-1) if self.gate_input == "views" else \
-            x @ self.w_noise
+            return (src @ self.w_gate).flatten(-2) if src is views else src @ self.w_gate
+        # clean logits and noise scale in one product (one pass over the [n, K, d] views)
+        both = src @ torch.cat([self.w_gate, self.w_noise], dim=1)
+        if src is views:
+            clean, raw_std = both[..., 0], both[..., 1]
+        else:
+            clean, raw_std = both.split(self.num_experts, dim=-1)
         std = F.softplus(raw_std) + self.noise_eps
         return clean + torch.randn_like(clean) * std
 
