@@ -611,3 +611,9 @@ def test_overfits_a_toy_graph():
     assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
     assert after > 0.9 and after > before + 0.4, (before, after)
     assert math.isfinite(losses[-1])
+
+
+def test_hidden_dropout_mode_reaches_every_scorer():
+    model = make_model(hidden_dropout_mode="sample")
+    assert {s.hidden_dropout_mode for s in model.mujod.scorers.values()} == {"sample"}
+    assert {s.hidden_dropout_mode for s in make_model().mujod.scorers.values()} == {"gaussian"}

@@ -134,3 +134,25 @@ def test_ablation_switches_reach_the_model(tmp_path, data):
     with pytest.raises(ValueError, match="eval_modalities"):
         train(tiny_config(epochs=1, eval_modalities=["smell"]), tmp_path / "bad", data=data,
               log=_quiet)
+
+
+def test_adam_in_backward_trains_exactly_like_plain_adam(data):
+    # BackwardAdam steps every parameter inside backward and frees its gradient; the
+    # parameters after two epochs must equal those of torch.optim.Adam stepped after backward
+    from momok_pyg.training import BackwardAdam, OneToNQueries, build_model, train_epoch
+    from momok_pyg.datasets import get_triples
+    torch.set_num_threads(1)
+    queries = OneToNQueries(get_triples(data, "train"), data["entity"].num_nodes,
+                            data.num_relations)
+    states = []
+    for in_backward in (False, True):
+        config = tiny_config(optimizer_in_backward=in_backward)
+        model = build_model(config, data)
+        opt, q_opt = loop_mod._optimizers(model, config)
+        assert isinstance(opt, BackwardAdam) == in_backward
+        torch.manual_seed(0)
+        for epoch in (1, 2):
+            train_epoch(model, queries, opt, q_opt, config, epoch)
+        states.append(model.state_dict())
+    for name, value in states[0].items():
+        torch.testing.assert_close(states[1][name], value, rtol=0, atol=1e-6, msg=name)
