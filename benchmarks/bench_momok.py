@@ -42,21 +42,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-DEFAULT_RAW = REPO.parent / "shared" / "mmkg"
-FEATURE_DIMS = {"image": 383, "text": 384}  # the official MKG-Y shapes (paper Table 5)
-BATCH_SIZE = 1024
-NUM_EXPERTS = 3
-FUSION_HEADS = 2
-MATMUL_SHAPE = (1024, 300, 15000)  # [B, d] x [d, N]: one 1-N scoring product
-
-
-
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from bench_common import (DEFAULT_RAW, REPO, environment, load_mkgy,  # noqa: E402
-                          matmul_gflops)
+from bench_common import (BATCH_SIZE, DEFAULT_RAW, FEATURE_DIMS, MATMUL_SHAPE,  # noqa: E402
+                          NUM_EXPERTS, REPO, environment, load_mkgy, matmul_gflops)
 from bench_workers import WORKERS  # noqa: E402
 
 

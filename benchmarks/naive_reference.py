@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from momok_pyg.datasets.schema import ENTITY, get_triples
+from momok_pyg.datasets.schema import get_triples
 from momok_pyg.nn import JOINT, MoMoK
 
 

@@ -413,11 +413,14 @@ class MoMoK(torch.nn.Module):
             heads[m], views[m], gates[m] = ReMoKE.mix(g, v), v, g
         return heads, views, gates
 
-    def forward(self, head: Tensor, rel: Tensor) -> MoMoKOutput:
-        r"""Scores all entities as tails of the queries ``(head, rel, ?)`` (``[B]`` each)."""
+    def _queries(self, head: Tensor, rel: Tensor):
         self._check_ids(head, rel)
         st = self._entity_state()
-        heads, views, gates = self._heads(head, rel, st)
+        return (st, ) + self._heads(head, rel, st)
+
+    def forward(self, head: Tensor, rel: Tensor) -> MoMoKOutput:
+        r"""Scores all entities as tails of the queries ``(head, rel, ?)`` (``[B]`` each)."""
+        st, heads, views, gates = self._queries(head, rel)
         scores, weights = self.mujod(heads, rel, st.cand, st.mats)
         return MoMoKOutput(scores, views, gates, weights)
 
@@ -426,9 +429,7 @@ class MoMoK(torch.nn.Module):
         ``(head, rel, ?)`` against the multi-hot ``target`` ``[B, N]`` (dense or sparse), equal
         in value and gradients to ``kgc_loss(self(head, rel).scores, target)`` but keeping no
         ``[B, N]`` tensor for backward (see :meth:`MuJoD.forward_loss`)."""
-        self._check_ids(head, rel)
-        st = self._entity_state()
-        heads, views, gates = self._heads(head, rel, st)
+        st, heads, views, gates = self._queries(head, rel)
         loss, weights = self.mujod.forward_loss(heads, rel, st.cand, target)
         return MoMoKLoss(loss, views, gates, weights)
 
@@ -452,9 +453,7 @@ class MoMoK(torch.nn.Module):
         self.eval()
         try:
             modalities = self.mujod.check_modalities(modalities)
-            self._check_ids(head, rel)
-            st = self._entity_state()
-            heads = self._heads(head, rel, st)[0]
+            st, heads = self._queries(head, rel)[:2]
             q = self.mujod.queries(heads, rel, st.mats)[0]
             return self.mujod.aggregate_queries(q, st.cand, modalities, st.concat)
         finally:

@@ -5,7 +5,6 @@ import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import ModuleDict, Parameter, ParameterDict
 
@@ -96,6 +95,8 @@ class ModalityFusion(torch.nn.Module):
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         if len(in_dims) == 0:
             raise ValueError("ModalityFusion needs at least one modality")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"fusion dropout must be in [0, 1), got {dropout}")
         self.modalities: List[str] = list(in_dims)
         self.in_dims = dict(in_dims)
         self.out_dim = out_dim
@@ -121,8 +122,6 @@ class ModalityFusion(torch.nn.Module):
     def forward(self, xs: Mapping[str, Tensor]) -> Tuple[Tensor, Tensor]:
         r"""Fuses ``{m: [n, d_m]}`` into ``([n, out_dim], weights [n, M])``, the weights being
         :math:`\alpha` averaged over heads (columns in :attr:`modalities` order)."""
-        if self.training and self.dropout >= 1.0:
-            raise ValueError("fusion dropout 1 drops every input")
         scale = 1.0 / (1.0 - self.dropout) if self.training else 1.0
         proj = []  # [H, n, out] per modality
         for m in self.modalities:

@@ -130,15 +130,18 @@ class ReMoKE(torch.nn.Module):
     def gate_logits(self, x: Tensor, views: Tensor) -> Tensor:
         r"""Gate logits :math:`U_m(\mathbf{V}_i) + \delta_i` (noise in training only),
         ``[n, K]``, from the raw input ``x`` ``[n, d_in]`` and ``views`` ``[n, K, d]``."""
-        src = views if self.gate_input == "views" else x
-        if not (self.noise and self.training):
-            return (src @ self.w_gate).flatten(-2) if src is views else src @ self.w_gate
-        # clean logits and noise scale in one product (one pass over the [n, K, d] views)
-        both = src @ torch.cat([self.w_gate, self.w_noise], dim=1)
-        if src is views:
-            clean, raw_std = both[..., 0], both[..., 1]
+        noisy = self.noise and self.training
+        # with noise: clean logits and noise scale in one product (one pass over the views)
+        w = torch.cat([self.w_gate, self.w_noise], dim=1) if noisy else self.w_gate
+        k = self.num_experts
+        if self.gate_input == "views":
+            out = views @ w  # [n, K, 1 or 2]
+            clean, raw_std = out[..., 0], out[..., -1]
         else:
-            clean, raw_std = both.split(self.num_experts, dim=-1)
+            out = x @ w  # [n, K or 2K]
+            clean, raw_std = out[:, :k], out[:, -k:]
+        if not noisy:
+            return clean
         std = F.softplus(raw_std) + self.noise_eps
         return clean + torch.randn_like(clean) * std
 
