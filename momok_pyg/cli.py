@@ -77,6 +77,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--lambda", dest="lambda_club", type=float, default=None,
                    help="weight of ExID's mutual-information upper bound (default 1e-4)")
     o.add_argument("--weight-decay", type=float, default=None)
+    _bool_flag(o, "optimizer-in-backward", "step Adam inside backward and free each gradient "
+               "at once (default; same updates, less memory)")
     s = p.add_argument_group("selection")
     s.add_argument("--eval-every", type=int, default=None,
                    help="evaluate on valid every N epochs")

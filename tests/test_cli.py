@@ -51,3 +51,14 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--features", "pixels"])
     assert main([]) == 2
+
+
+def test_every_optimisation_switch_reaches_the_config():
+    import argparse
+    from momok_pyg.cli import add_train_arguments, config_from_args
+    p = argparse.ArgumentParser()
+    add_train_arguments(p)
+    off = config_from_args(p.parse_args(["--dataset", "synthetic", "--no-optimizer-in-backward",
+                                         "--bf16"]))
+    assert off.optimizer_in_backward is False and off.bf16 is True
+    assert config_from_args(p.parse_args(["--dataset", "synthetic"])).optimizer_in_backward
