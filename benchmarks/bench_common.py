@@ -143,9 +143,6 @@ class DeviceQueries:
         n = self.queries.num_batches(batch_size)
         return n if self.max_batches is None else min(n, self.max_batches)
 
-    def target(self, index, dtype=torch.float32):
-        return self.queries.target(index.cpu(), dtype).to(self.device, non_blocking=True)
-
     def sparse_target(self, index, dtype=torch.float32):
         return self.queries.sparse_target(index.cpu(), dtype).to(self.device)
 

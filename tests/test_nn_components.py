@@ -1,0 +1,226 @@
+"""Tests of the MoMoK building blocks: TuckerScorer (Eq. 4), ReMoKE (Eq. 2), the joint
+fusion (Eq. 3) and ExID / CLUB (Eq. 7-9)."""
+import pytest
+import torch
+
+from momok_pyg.nn import (CLUB, ExID, ModalityFusion, ReMoKE, TuckerScorer, gate_entropy,
+                          relation_grouped_matmul)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+# --------------------------------------------------------------------------- TuckerScorer --
+@pytest.mark.parametrize("method", ["loop", "padded"])
+def test_grouped_tucker_equals_per_sample_einsum(method):
+    torch.manual_seed(0)
+    B, d, dr, nr = 40, 7, 5, 6
+    scorer = TuckerScorer(nr, d, dr, batch_norm=True, grouped=method)
+    with torch.no_grad():  # non-trivial BatchNorm statistics and affine parameters
+        for bn in (scorer.bn0, scorer.bn1):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_()
+            bn.bias.normal_()
+    scorer.eval()
+    head = torch.randn(B, d, requires_grad=True)
+    rel = torch.tensor([0, 5, 5, 2, 2, 2] * 6 + [3, 3, 0, 5])  # 4 of 6 relations, skewed
+    cand = torch.randn(11, d)
+    scores = scorer(head, rel, cand)
+
+    def bn(x, m):
+        return (x - m.running_mean) / torch.sqrt(m.running_var + m.eps) * m.weight + m.bias
+
+    x = bn(head, scorer.bn0)
+    r = scorer.rel_emb.weight[rel]
+    q = torch.einsum("bi,ijk,bj->bk", r, scorer.core, x)  # per-sample W x_1 r x_2 e_h
+    ref = bn(q, scorer.bn1) @ cand.t()
+    torch.testing.assert_close(scores, ref, rtol=1e-4, atol=1e-4)
+    g1 = torch.autograd.grad(scores.sum(), (head, scorer.core))
+    g2 = torch.autograd.grad(ref.sum(), (head, scorer.core))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_grouped_matmul_methods_agree():
+    torch.manual_seed(0)
+    x = torch.randn(50, 4)
+    group = torch.randint(0, 5, (50, ))
+    group[:5] = torch.arange(5)
+    mats = torch.randn(5, 4, 3)
+    ref = torch.einsum("bi,bij->bj", x, mats[group])
+    for method in ("loop", "padded"):
+        torch.testing.assert_close(relation_grouped_matmul(x, group, mats, method), ref)
+
+
+def _hidden_samples(mode: str, draws: int) -> torch.Tensor:
+    torch.manual_seed(0)
+    d, dr = 6, 4
+    scorer = TuckerScorer(3, d, dr, input_dropout=0.0, hidden_dropout=0.4,
+                          output_dropout=0.0, batch_norm=False, hidden_dropout_mode=mode)
+    head = torch.randn(1, d).expand(draws, d)  # one query repeated: draws of its noise
+    rel = torch.full((draws, ), 1)
+    scorer.train()
+    with torch.no_grad():
+        return scorer.query(head, rel)
+
+
+def test_gaussian_hidden_dropout_matches_per_sample_masks_in_moments():
+    exact, gauss = _hidden_samples("sample", 40000), _hidden_samples("gaussian", 40000)
+    torch.testing.assert_close(gauss.mean(0), exact.mean(0), atol=0.03, rtol=0.0)
+    ratio = gauss.var(0) / exact.var(0)
+    assert exact.var(0).min() > 1e-3  # the masks do inject noise
+    assert torch.all((ratio > 0.93) & (ratio < 1.07)), ratio
+    # and the noise of different output entries is uncorrelated in both
+    for x in (exact, gauss):
+        c = torch.corrcoef(x.t())
+        off = c - torch.diag(torch.diagonal(c))
+        assert off.abs().max() < 0.03
+
+
+def test_relation_hidden_dropout_shares_one_mask_per_relation():
+    rel_mode = _hidden_samples("relation", 64)  # all 64 samples have relation 1
+    assert torch.allclose(rel_mode, rel_mode[:1].expand_as(rel_mode))
+    exact = _hidden_samples("sample", 64)
+    assert not torch.allclose(exact, exact[:1].expand_as(exact))
+    with pytest.raises(ValueError, match="hidden_dropout_mode"):
+        TuckerScorer(3, 4, 4, hidden_dropout_mode="bernoulli")
+
+
+# --------------------------------------------------------------------------------- ReMoKE --
+def test_remoke_experts_match_definition():
+    torch.manual_seed(0)
+    rk = ReMoKE(6, 4, num_experts=3)
+    with torch.no_grad():
+        rk.bias.normal_()
+    x = torch.randn(9, 6)
+    views = rk.experts(x)
+    for i in range(3):  # V_i = W_i (x - b_i)
+        torch.testing.assert_close(views[:, i], (x - rk.bias[i]) @ rk.weight[:, i])
+
+
+@pytest.mark.parametrize("gate_input", ["views", "raw"])
+def test_gates_sum_to_one_and_sharpen_with_temperature(gate_input):
+    torch.manual_seed(0)
+    rk = ReMoKE(8, 8, num_experts=4, gate_input=gate_input).eval()
+    with torch.no_grad():
+        rk.w_gate.normal_()
+    x = torch.randn(64, 8)
+    entropies = []
+    for t in (1.0, 0.5, 0.2, 0.05):
+        out = rk(x, torch.full((64, ), t))
+        torch.testing.assert_close(out.gates.sum(-1), torch.ones(64))
+        entropies.append(float(gate_entropy(out.gates.detach())))
+    assert all(a > b for a, b in zip(entropies, entropies[1:])), entropies
+    assert entropies[-1] < 0.5 * entropies[0]
+    # official gate: logits from the raw input; paper gate: U_m applied to every view
+    views = rk.experts(x)
+    logits = x @ rk.w_gate if gate_input == "raw" else (views @ rk.w_gate).squeeze(-1)
+    torch.testing.assert_close(rk.gate_logits(x, views), logits)
+
+
+def test_gate_noise_only_in_training():
+    torch.manual_seed(0)
+    rk = ReMoKE(5, 5, num_experts=3, noise=True)
+    x = torch.randn(20, 5)
+    rk.train()
+    assert not torch.allclose(rk(x).gates, rk(x).gates)
+    rk.eval()
+    torch.testing.assert_close(rk(x).gates, rk(x).gates)
+    rk_quiet = ReMoKE(5, 5, num_experts=3, noise=False).train()
+    torch.testing.assert_close(rk_quiet(x).gates, rk_quiet(x).gates)
+
+
+# ------------------------------------------------------------------------------- fusion ---
+def test_fusion_matches_definition_and_mean_is_uniform():
+    torch.manual_seed(0)
+    fu = ModalityFusion({"a": 3, "b": 5}, 4, heads=2, dropout=0.2).eval()
+    xs = {"a": torch.randn(7, 3), "b": torch.randn(7, 5)}
+    fused, w = fu(xs)
+    ref = 0
+    for h in range(2):
+        p = torch.stack([torch.relu(xs[m] @ fu.weight[m][h] + fu.bias[m][h]) for m in "ab"], 1)
+        alpha = torch.softmax(p @ fu.attn, dim=1)
+        ref = ref + (alpha.unsqueeze(-1) * p).sum(1)
+    torch.testing.assert_close(fused, ref)
+    torch.testing.assert_close(w.sum(-1), torch.ones(7))
+    mean = ModalityFusion({"a": 3, "b": 5}, 4, fusion="mean").eval()
+    torch.testing.assert_close(mean(xs)[1], torch.full((7, 2), 0.5))
+
+
+def test_fusion_training_values_and_gradients_match_plain_autograd():
+    from momok_pyg.nn.mujod import head_dropout_masks
+    torch.manual_seed(0)
+    fu = ModalityFusion({"a": 3, "b": 5, "c": 4}, 6, heads=2, dropout=0.3).train()
+    xs = {m: torch.randn(9, d, requires_grad=True) for m, d in (("a", 3), ("b", 5), ("c", 4))}
+    torch.manual_seed(7)
+    fused, _ = fu(xs)
+    torch.manual_seed(7)  # the same masks, drawn in the same order
+    masks = {m: head_dropout_masks(2, xs[m], 0.3, True) for m in "abc"}
+    ps = [torch.relu(torch.baddbmm(fu.bias[m], xs[m] * masks[m] / 0.7, fu.weight[m]))
+          for m in "abc"]
+    p = torch.stack(ps, 2)  # [H, n, M, out]
+    ref = (torch.softmax(p @ fu.attn, -1).unsqueeze(-1) * p).sum(2).sum(0)
+    torch.testing.assert_close(fused, ref)
+    w = torch.randn_like(ref)
+    inputs = list(xs.values()) + list(fu.parameters())
+    for a, b in zip(torch.autograd.grad((fused * w).sum(), inputs),
+                    torch.autograd.grad((ref * w).sum(), inputs)):
+        torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------------- ExID ---
+def _fit_club(x_fn, steps=150):
+    torch.manual_seed(0)
+    club = CLUB(8, 8, hidden=32)
+    opt = torch.optim.Adam(club.parameters(), lr=1e-2)
+    for _ in range(steps):
+        x, y = x_fn(256)
+        opt.zero_grad()
+        club.learning_loss(x, y).backward()
+        opt.step()
+    x, y = x_fn(2048)
+    with torch.no_grad():
+        return float(club(x, y))
+
+
+def test_club_near_zero_for_independent_and_positive_for_dependent():
+    independent = _fit_club(lambda n: (torch.randn(n, 8), torch.randn(n, 8)))
+
+    def dependent(n):
+        x = torch.randn(n, 8)
+        return x, x + 0.1 * torch.randn(n, 8)
+
+    dep = _fit_club(dependent)
+    assert abs(independent) < 0.2, independent
+    assert dep > 3.0, dep
+
+
+def test_club_sampled_estimator_agrees_in_expectation():
+    torch.manual_seed(0)
+    club = CLUB(4, 4)
+    x = torch.randn(4096, 4)
+    y = x + 0.3 * torch.randn(4096, 4)
+    exact = float(club(x, y).detach())
+    club.sample = True
+    sampled = sum(float(club(x, y)) for _ in range(20)) / 20
+    assert sampled == pytest.approx(exact, rel=0.05, abs=0.05)
+
+
+def test_exid_gradients_go_to_views_or_estimators_only():
+    torch.manual_seed(0)
+    exid = ExID({"a": 6, "b": 4}, num_experts=3)
+    assert len(exid.estimators["a"]) == 3  # one Q per unordered expert pair
+    views = {"a": torch.randn(32, 3, 6, requires_grad=True),
+             "b": torch.randn(32, 3, 4, requires_grad=True)}
+    exid.upper_bound(views).backward()
+    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in views.values())
+    assert all(p.grad is None for p in exid.parameters())
+    views = {m: v.detach().requires_grad_() for m, v in views.items()}
+    exid.learning_loss(views).backward()
+    assert all(v.grad is None for v in views.values())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in exid.parameters())
+    official = ExID({"a": 6}, num_experts=3, pairs="random", shared=True)
+    assert len(official.estimators["a"]) == 1
+    assert torch.isfinite(official.upper_bound({"a": views["a"]}))
+    with pytest.raises(ValueError, match=r"\[B, 3, 6\]"):
+        exid.upper_bound({"a": torch.randn(5, 2, 6), "b": views["b"]})

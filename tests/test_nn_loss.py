@@ -1,0 +1,73 @@
+"""Tests of the 1-N training losses and the inference aggregation of MuJoD (Eq. 5-6)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from momok_pyg.nn import MuJoD
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+# ------------------------------------------------------------------------------ 1-N loss --
+@pytest.mark.parametrize("kind", ["ce", "bce"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("layout", ["dense", "coo", "csr"])
+def test_sparse_one_to_n_loss_equals_dense_definition(kind, eps, layout):
+    from momok_pyg.nn import one_to_n_loss
+    torch.manual_seed(0)
+    B, N = 9, 23
+    score = (3 * torch.randn(B, N)).requires_grad_()
+    y = (torch.rand(B, N) < 0.15).float()
+    y[0] = 0  # a query without answers
+    y[1, :4] = 1
+    if layout == "dense":
+        target = y
+    elif layout == "coo":
+        target = y.to_sparse()
+    else:
+        target = y.to_sparse_csr()
+    if kind == "ce":  # the definition: F.cross_entropy against the normalised target
+        ref = F.cross_entropy(score, y / y.sum(1, keepdim=True).clamp_min(1.0),
+                              label_smoothing=eps)
+    else:
+        ref = F.binary_cross_entropy_with_logits(score, (1 - eps) * y + 1.0 / N)
+    out = one_to_n_loss(score, target, kind, eps)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    g_out, = torch.autograd.grad(3.0 * out, score)
+    g_ref, = torch.autograd.grad(3.0 * ref, score)
+    torch.testing.assert_close(g_out, g_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_one_to_n_loss_rejects_bad_input():
+    from momok_pyg.nn import one_to_n_loss
+    s = torch.randn(3, 5)
+    with pytest.raises(ValueError, match="shape"):
+        one_to_n_loss(s, torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="loss must be"):
+        one_to_n_loss(s, torch.zeros(3, 5), "mse")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        one_to_n_loss(s, torch.zeros(3, 5), "ce", 1.0)
+
+
+# --------------------------------------------------------------------------------- losses --
+def test_losses_and_aggregation_follow_their_formulas():
+    torch.manual_seed(0)
+    s = {"a": torch.randn(4, 9), "b": torch.randn(4, 9)}
+    y = torch.zeros(4, 9)
+    y[0, [1, 2]] = 1
+    y[1, 3] = y[2, 4] = y[3, 0] = 1
+    ce = MuJoD({"a": 3, "b": 3}, 4, 3, 3, joint=False, loss="ce")
+    ref = sum(-(torch.log_softmax(v, -1) * y / y.sum(-1, keepdim=True)).sum(-1).mean()
+              for v in s.values())
+    torch.testing.assert_close(ce.loss(s, y), ref)
+    bce = MuJoD({"a": 3, "b": 3}, 4, 3, 3, joint=False, loss="bce")
+    assert bce.label_smoothing == pytest.approx(0.1)  # official default for BCE
+    t = 0.9 * y + 1.0 / 9
+    ref = sum(-(t * F.logsigmoid(v) + (1 - t) * F.logsigmoid(-v)).mean() for v in s.values())
+    torch.testing.assert_close(bce.loss(s, y), ref)
+    torch.testing.assert_close(ce.aggregate(s), s["a"] + s["b"])
+    official = MuJoD({"a": 3}, 4, 3, 3, joint=False, aggregate="mean_sigmoid")
+    torch.testing.assert_close(official.aggregate(s, ["a", "b"]),
+                               (torch.sigmoid(s["a"]) + torch.sigmoid(s["b"])) / 2)
+    with pytest.raises(KeyError, match="joint"):
+        ce.aggregate(s, ["joint"])
