@@ -3,7 +3,8 @@ fusion (Eq. 3) and ExID / CLUB (Eq. 7-9)."""
 import pytest
 import torch
 
-from momok_pyg.nn import (CLUB, ExID, ModalityFusion, ReMoKE, TuckerScorer, gate_entropy,
+from momok_pyg.nn import (CLUB, ExID, ModalityFusion, ReMoKE, TuckerScorer, draw_keep_masks,
+                          gate_entropy, keep_threshold, per_sample_dropout_matmul,
                           relation_grouped_matmul)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -75,6 +76,50 @@ def test_gaussian_hidden_dropout_matches_per_sample_masks_in_moments():
         c = torch.corrcoef(x.t())
         off = c - torch.diag(torch.diagonal(c))
         assert off.abs().max() < 0.03
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_per_sample_dropout_matmul_equals_explicit_masks(chunk):
+    torch.manual_seed(0)
+    B, d, e, U, p = 37, 5, 4, 4, 0.4
+    x = torch.randn(B, d, dtype=torch.float64, requires_grad=True)
+    mats = torch.randn(U, d, e, dtype=torch.float64, requires_grad=True)
+    group = torch.randint(0, U, (B, ))
+    group[0] = 3  # group 2 may be empty, group 3 is not
+    out = per_sample_dropout_matmul(x, group, mats, p, chunk,
+                                    torch.Generator().manual_seed(5))
+    # reference: the same masks (drawn for the group-sorted rows), a [B, d, e] copy per row
+    masks = draw_keep_masks((B, d, e), p, torch.Generator().manual_seed(5))
+    perm = torch.argsort(group, stable=True)
+    row_masks = torch.empty_like(masks)
+    row_masks[perm] = masks
+    keep = keep_threshold(p) / 2**15
+    xr, mr = x.detach().clone().requires_grad_(), mats.detach().clone().requires_grad_()
+    ref = torch.einsum("bi,bij->bj", xr, mr[group] * row_masks) / keep
+    torch.testing.assert_close(out, ref)
+    g = torch.randn(B, e, dtype=torch.float64)
+    out.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(x.grad, xr.grad)
+    torch.testing.assert_close(mats.grad, mr.grad)
+    assert torch.autograd.gradcheck(
+        lambda a, b: per_sample_dropout_matmul(a, group, b, p, chunk,
+                                               torch.Generator().manual_seed(1)),
+        (x.detach().requires_grad_(), mats.detach().requires_grad_()))
+
+
+def test_keep_masks_rate_and_validation():
+    keep = draw_keep_masks((200, 100, 100), 0.4, torch.Generator().manual_seed(0))
+    assert keep.dtype == torch.bool and keep.shape == (200, 100, 100)
+    assert abs(keep.float().mean().item() - 0.6) < 1e-3  # 2M draws: std 3.5e-4
+    assert abs(keep_threshold(0.4) / 2**15 - 0.6) <= 2**-16
+    assert draw_keep_masks((1000, ), 0.0).all()
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="dropout probability"):
+            keep_threshold(bad)
+    with pytest.raises(ValueError, match="chunk"):
+        per_sample_dropout_matmul(torch.randn(2, 3), torch.zeros(2, dtype=torch.long),
+                                  torch.randn(1, 3, 3), 0.5, chunk=0)
 
 
 def test_relation_hidden_dropout_shares_one_mask_per_relation():

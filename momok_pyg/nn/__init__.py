@@ -2,11 +2,13 @@ r"""MoMoK model components (paper Section 4).
 
 * :class:`ReMoKE` — relation-guided modality knowledge experts (Eq. 2)
 * :class:`MuJoD` — multi-modal joint decision: fusion + per-modality Tucker scoring (Eq. 3-6)
-* :class:`TuckerScorer` — 1-N Tucker score with relation-grouped core contraction (Eq. 4)
+* :class:`TuckerScorer` — 1-N Tucker score with relation-grouped core contraction (Eq. 4);
+  :func:`per_sample_dropout_matmul` — its official per-sample hidden dropout
 * :func:`one_to_n_loss` — MuJoD's 1-N losses on sparse multi-hot targets (Eq. 5)
 * :class:`CLUB`, :class:`ExID` — expert information disentanglement (Eq. 7-9)
 * :class:`MoMoK` — the assembled model; :class:`TuckER` — the structure-only baseline
 """
+from .tucker_dropout import draw_keep_masks, keep_threshold, per_sample_dropout_matmul
 from .tucker import TuckerScorer, group_by_relation, relation_grouped_matmul
 from .remoke import ReMoKE, ReMoKEOutput, RelationTemperature, gate_entropy
 from .loss import linear_one_to_n_loss, one_to_n_loss
@@ -20,4 +22,5 @@ __all__ = [
     "ModalityFusion", "ExID", "CLUB", "TuckerScorer", "TuckER", "ModalityTable",
     "StructureTable", "preprocess_features", "group_by_relation", "relation_grouped_matmul",
     "gate_entropy", "JOINT", "one_to_n_loss", "linear_one_to_n_loss", "MoMoKLoss",
+    "per_sample_dropout_matmul", "draw_keep_masks", "keep_threshold",
 ]
