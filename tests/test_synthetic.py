@@ -130,7 +130,7 @@ def test_features_reveal_latent_cell_of_cold_entities(data):
 
 def test_group_oracle_gets_high_filtered_mrr(data):
     """Knowing cells and popularity ranks the test tails well; a random scorer does not."""
-    ent, R = data[ENTITY], data.num_relations
+    ent = data[ENTITY]
     A = data.relation_attribute_map.size(1)
     gmap = torch.cat([data.relation_group_map, torch.argsort(data.relation_group_map, 1)])
     amap = torch.cat([data.relation_attribute_map,

@@ -1,7 +1,6 @@
 """Unit tests of the training utilities that need no model: 1-N batching, checkpoint
 atomicity, RNG capture, config round-trip, CLI argument mapping."""
 import json
-import os
 import random
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import torch
 
 from momok_pyg.cli import build_parser, config_from_args
 from momok_pyg.training import (PRESETS, OneToNQueries, TrainConfig, atomic_torch_save,
-                                atomic_write_json, epoch_generator, get_rng_state,
+                                epoch_generator, get_rng_state,
                                 load_checkpoint, remove_stale_tmp, set_rng_state)
 
 
