@@ -337,5 +337,3 @@ def worker_equal(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 WORKERS = {"momok": worker_momok, "naive": worker_naive, "equal": worker_equal}
 
-
-WORKERS = {"momok": worker_momok, "naive": worker_naive, "equal": worker_equal}

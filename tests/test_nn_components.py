@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from momok_pyg.nn import (CLUB, ExID, ModalityFusion, ReMoKE, TuckerScorer, draw_keep_masks,
-                          gate_entropy, keep_threshold, per_sample_dropout_matmul,
-                          relation_grouped_matmul)
+                          gate_entropy, gradient_noise_matmul, group_by_relation,
+                          keep_threshold, per_sample_dropout_matmul, relation_grouped_matmul)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -106,6 +106,40 @@ def test_per_sample_dropout_matmul_equals_explicit_masks(chunk):
         lambda a, b: per_sample_dropout_matmul(a, group, b, p, chunk,
                                                torch.Generator().manual_seed(1)),
         (x.detach().requires_grad_(), mats.detach().requires_grad_()))
+
+
+def test_moments_mode_gradients_match_per_sample_masks_in_mean_and_variance():
+    """``hidden_dropout_mode="moments"`` adds to the gradients of the grouped product the
+    noise the official masks cause: same mean and per-entry variance over many draws."""
+    torch.manual_seed(0)
+    B, d, e, p = 8, 5, 4, 0.4
+    x = torch.randn(B, d, dtype=torch.float64)
+    mats = torch.randn(2, d, e, dtype=torch.float64)
+    group = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1])
+    g = torch.randn(B, e, dtype=torch.float64)
+    _, _, perm, counts = group_by_relation(group)
+
+    def grads(fn, draws=3000):
+        gx, gw = [], []
+        for _ in range(draws):
+            xx, mm = x.clone().requires_grad_(), mats.clone().requires_grad_()
+            out = fn(xx, mm)
+            out.backward(g)
+            gx.append(xx.grad)
+            gw.append(mm.grad)
+        return torch.stack(gx), torch.stack(gw)
+
+    exact = grads(lambda a, b: per_sample_dropout_matmul(a, group, b, p))
+    moments = grads(lambda a, b: gradient_noise_matmul(a, group, b, p, (perm, counts)))
+    torch.testing.assert_close(gradient_noise_matmul(x, group, mats, p, (perm, counts)),
+                               torch.einsum("bi,bij->bj", x, mats[group]))
+    for a, b in zip(exact, moments):
+        se = (a.var(0) / a.size(0)).sqrt()
+        assert ((a.mean(0) - b.mean(0)).abs() < 5 * se * 2 ** 0.5).all()
+        ratio = a.var(0) / b.var(0)
+        assert ((ratio > 0.85) & (ratio < 1.15)).all(), ratio
+    # without the noise the variance would be zero: the test can fail
+    assert moments[1].var(0).min() > 1e-3
 
 
 def test_keep_masks_rate_and_validation():

@@ -126,3 +126,47 @@ def per_sample_dropout_matmul(x: Tensor, group: Tensor, mats: Tensor, p: float,
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     return _PerSampleHiddenDropout.apply(x, mats, group, p, chunk, generator)
+
+
+class _GradientMomentNoise(torch.autograd.Function):
+    r"""See :func:`gradient_noise_matmul`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, mats: Tensor, group: Tensor, perm: Tensor, counts: Tensor,
+                p: float) -> Tensor:
+        from momok_pyg.nn.tucker import relation_grouped_matmul
+        ctx.save_for_backward(x, mats, group, perm, counts)
+        ctx.p = p
+        return relation_grouped_matmul(x, group, mats, "loop", (perm, counts))
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        from momok_pyg.nn.tucker import relation_grouped_matmul
+        x, mats, group, perm, counts = ctx.saved_tensors
+        c = ctx.p / (1.0 - ctx.p)
+        g = grad_out.to(x.dtype)
+        mats_t = mats.transpose(1, 2)
+        grad_x = relation_grouped_matmul(g, group, mats_t, "loop", (perm, counts))
+        var_x = relation_grouped_matmul(g * g, group, mats_t * mats_t, "loop", (perm, counts))
+        grad_x = grad_x + torch.randn_like(grad_x) * (var_x.clamp_min(0) * c).sqrt()
+        sizes = counts.tolist()
+        xs, gs = x.index_select(0, perm), g.index_select(0, perm)
+        grad_w = torch.zeros_like(mats)
+        for u, (xu, gu) in enumerate(zip(xs.split(sizes), gs.split(sizes))):
+            if xu.size(0) == 0:
+                continue
+            var = (xu * xu).t() @ (gu * gu)
+            grad_w[u] = xu.t() @ gu + torch.randn_like(var) * (var * c).sqrt()
+        return grad_x, grad_w, None, None, None, None
+
+
+def gradient_noise_matmul(x: Tensor, group: Tensor, mats: Tensor, p: float,
+                          grouping: Tuple[Tensor, Tensor]) -> Tensor:
+    r"""The relation-grouped product :math:`\mathbf{x}_b \mathbf{M}_{g(b)}` whose backward
+    pass adds the gradient noise per-sample dropout masks on :math:`\mathbf{M}` would cause:
+    independent Gaussian noise of variance :math:`\frac{p}{1-p} \sum_j M_{ij}^2 g_{bj}^2`
+    on :math:`\partial L / \partial x_{bi}` and :math:`\frac{p}{1-p} \sum_{g(b)=u}
+    x_{bi}^2 g_{bj}^2` on :math:`\partial L / \partial M_{u,ij}` (the variances of the
+    official per-sample-mask gradients around their means)."""
+    perm, counts = grouping
+    return _GradientMomentNoise.apply(x, mats, group, perm, counts, p)
