@@ -108,12 +108,12 @@ class TuckerScorer(torch.nn.Module):
     :math:`\mathbf{W}_r` (rate :math:`p`): :math:`\mathbf{q}_b = \mathbf{x}_b
     (\mathbf{W}_r \odot \mathbf{M}_b) / (1-p)`. ``hidden_dropout_mode`` chooses how:
 
-    * ``"sample"`` (default): exactly that, one fresh mask per sample
+    * ``"sample"``: exactly that, one fresh mask per sample
       (:func:`~momok_pyg.nn.tucker_dropout.per_sample_dropout_matmul`: relation-grouped and
       chunked, boolean masks, no ``[B, d_e, d_e]`` float tensor). The masks cost
       :math:`B d_e^2` random draws and elementwise products per step, memory-bound work
-      that does not run at matmul speed; ``benchmarks/bench_momok.py`` measures it learns
-      like the naive reference ("equal learning").
+      that does not run at matmul speed (1.4x slower epochs than ``"moments"`` at d = 300);
+      ``benchmarks/bench_momok.py`` measures it learns like the naive reference.
     * ``"gaussian"`` (opt-in, faster): the moment-matched Gaussian of that noise ("fast
       dropout", Wang & Manning, 2013). Given :math:`\mathbf{x}_b` and :math:`\mathbf{W}_r`,
       the entries of :math:`\mathbf{q}_b` are independent with mean
@@ -129,13 +129,15 @@ class TuckerScorer(torch.nn.Module):
       one more relation-grouped product and :math:`B d_e` normal draws. Same first two
       moments as the official masks, but its gradients are less noisy (the local
       reparameterisation of Kingma et al., 2015): the benchmark measures that it learns
-      *faster* than the official model in the first epochs, so it is not the default.
-    * ``"moments"`` (opt-in, fast): the ``"gaussian"`` forward, and a backward pass that adds
+      *faster* than the official model in the first epochs (its gradients miss the masks'
+      noise, which ``"moments"`` adds back).
+    * ``"moments"`` (default): the ``"gaussian"`` forward, and a backward pass that adds
       to the gradients of :math:`\mathbf{x}_b` and :math:`\mathbf{W}_r` independent Gaussian
       noise of the per-entry variance the official masks give them
       (:func:`~momok_pyg.nn.tucker_dropout.gradient_noise_matmul`; two more grouped products
       in backward). First and second moments of activations and gradients both match the
-      official masks (tested); the benchmark's equal-learning check measures how it learns.
+      official masks (tested), and ``benchmarks/bench_momok.py`` measures that it learns like
+      the official masks ("equal learning"), at the speed of the grouped products.
     * ``"relation"``: one mask per distinct relation of the batch, shared by its samples
       (cheap, but the correlated noise learns measurably worse; kept for comparison).
 
@@ -158,7 +160,7 @@ class TuckerScorer(torch.nn.Module):
                  input_dropout: float = 0.3, hidden_dropout: float = 0.4,
                  output_dropout: float = 0.5, batch_norm: bool = True,
                  rel_embedding: bool = True, grouped: str = "loop",
-                 hidden_dropout_mode: str = "sample"):
+                 hidden_dropout_mode: str = "moments"):
         super().__init__()
         if grouped not in ("loop", "padded"):
             raise ValueError(f"grouped must be 'loop' or 'padded', got {grouped!r}")
@@ -236,7 +238,7 @@ class TuckerScorer(torch.nn.Module):
         if p >= 1.0:
             return x.new_zeros(x.size(0), mats.size(-1))
         if self.hidden_dropout_mode == "moments":
-            mean = gradient_noise_matmul(x, group, mats, p, grouping)
+            mean = gradient_noise_matmul(x, group, mats, p, grouping, self.grouped)
         else:
             mean = relation_grouped_matmul(x, group, mats, self.grouped, grouping)
         var = relation_grouped_matmul(x * x, group, mats * mats, self.grouped, grouping)

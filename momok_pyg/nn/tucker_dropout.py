@@ -133,11 +133,11 @@ class _GradientMomentNoise(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, mats: Tensor, group: Tensor, perm: Tensor, counts: Tensor,
-                p: float) -> Tensor:
+                p: float, method: str) -> Tensor:
         from momok_pyg.nn.tucker import relation_grouped_matmul
         ctx.save_for_backward(x, mats, group, perm, counts)
-        ctx.p = p
-        return relation_grouped_matmul(x, group, mats, "loop", (perm, counts))
+        ctx.p, ctx.method = p, method
+        return relation_grouped_matmul(x, group, mats, method, (perm, counts))
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -146,8 +146,9 @@ class _GradientMomentNoise(torch.autograd.Function):
         c = ctx.p / (1.0 - ctx.p)
         g = grad_out.to(x.dtype)
         mats_t = mats.transpose(1, 2)
-        grad_x = relation_grouped_matmul(g, group, mats_t, "loop", (perm, counts))
-        var_x = relation_grouped_matmul(g * g, group, mats_t * mats_t, "loop", (perm, counts))
+        grad_x = relation_grouped_matmul(g, group, mats_t, ctx.method, (perm, counts))
+        var_x = relation_grouped_matmul(g * g, group, mats_t * mats_t, ctx.method,
+                                        (perm, counts))
         grad_x = grad_x + torch.randn_like(grad_x) * (var_x.clamp_min(0) * c).sqrt()
         sizes = counts.tolist()
         xs, gs = x.index_select(0, perm), g.index_select(0, perm)
@@ -157,16 +158,18 @@ class _GradientMomentNoise(torch.autograd.Function):
                 continue
             var = (xu * xu).t() @ (gu * gu)
             grad_w[u] = xu.t() @ gu + torch.randn_like(var) * (var * c).sqrt()
-        return grad_x, grad_w, None, None, None, None
+        return grad_x, grad_w, None, None, None, None, None
 
 
 def gradient_noise_matmul(x: Tensor, group: Tensor, mats: Tensor, p: float,
-                          grouping: Tuple[Tensor, Tensor]) -> Tensor:
+                          grouping: Tuple[Tensor, Tensor], method: str = "loop") -> Tensor:
     r"""The relation-grouped product :math:`\mathbf{x}_b \mathbf{M}_{g(b)}` whose backward
     pass adds the gradient noise per-sample dropout masks on :math:`\mathbf{M}` would cause:
     independent Gaussian noise of variance :math:`\frac{p}{1-p} \sum_j M_{ij}^2 g_{bj}^2`
     on :math:`\partial L / \partial x_{bi}` and :math:`\frac{p}{1-p} \sum_{g(b)=u}
     x_{bi}^2 g_{bj}^2` on :math:`\partial L / \partial M_{u,ij}` (the variances of the
-    official per-sample-mask gradients around their means)."""
+    official per-sample-mask gradients around their means). ``grouping`` is ``(perm,
+    counts)`` of :func:`~momok_pyg.nn.tucker.group_by_relation`; ``method`` as in
+    :func:`~momok_pyg.nn.tucker.relation_grouped_matmul`."""
     perm, counts = grouping
-    return _GradientMomentNoise.apply(x, mats, group, perm, counts, p)
+    return _GradientMomentNoise.apply(x, mats, group, perm, counts, p, method)
