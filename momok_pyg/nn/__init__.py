@@ -10,7 +10,8 @@ r"""MoMoK model components (paper Section 4).
 """
 from .tucker_dropout import (draw_keep_masks, gradient_noise_matmul, keep_threshold,
                              per_sample_dropout_matmul)
-from .tucker import TuckerScorer, group_by_relation, relation_grouped_matmul
+from .grouped import group_by_relation, relation_grouped_matmul
+from .tucker import TuckerScorer
 from .remoke import ReMoKE, ReMoKEOutput, RelationTemperature, gate_entropy
 from .loss import linear_one_to_n_loss, one_to_n_loss
 from .mujod import JOINT, ModalityFusion, MuJoD

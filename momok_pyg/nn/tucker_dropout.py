@@ -1,11 +1,14 @@
-r"""The official TuckER hidden dropout (one mask per *sample*) without a ``[B, d, d]`` float
-tensor: relation-grouped, chunked, with boolean masks."""
+r"""Tucker hidden dropout: the official per-sample masks without a ``[B, d, d]`` float tensor
+(relation-grouped, chunked, boolean masks), and the grouped product whose backward pass adds
+the gradient noise of those masks (the ``"moments"`` mode of :class:`TuckerScorer`)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from momok_pyg.nn.grouped import relation_grouped_matmul
 
 #: resolution of the keep probability: masks are drawn as 15-bit uniform integers
 _LEVELS = 1 << 15
@@ -43,12 +46,11 @@ class _PerSampleHiddenDropout(torch.autograd.Function):
     per sample 4 more)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, mats: Tensor, group: Tensor, p: float, chunk: int,
-                generator: Optional[torch.Generator]) -> Tensor:
+    def forward(ctx, x: Tensor, mats: Tensor, perm: Tensor, counts: Tensor, p: float,
+                chunk: int, generator: Optional[torch.Generator]) -> Tensor:
         dtype = torch.promote_types(x.dtype, mats.dtype)
         x, mats = x.to(dtype), mats.to(dtype)
-        perm = torch.argsort(group, stable=True)
-        counts = torch.bincount(group, minlength=mats.size(0)).tolist()
+        counts = counts.tolist()
         xs = x.index_select(0, perm)
         masks = draw_keep_masks((x.size(0), ) + tuple(mats.shape[1:]), p, generator)
         scale = _LEVELS / keep_threshold(p)
@@ -82,7 +84,7 @@ class _PerSampleHiddenDropout(torch.autograd.Function):
                     grad_w[u] += outer.mul_(m).sum(0)
         if grad_x is not None:
             grad_x = grad_x.index_select(0, inverse)
-        return grad_x, grad_w, None, None, None, None
+        return grad_x, grad_w, None, None, None, None, None
 
 
 def _chunks(counts, chunk: int):
@@ -97,7 +99,8 @@ def _chunks(counts, chunk: int):
 
 def per_sample_dropout_matmul(x: Tensor, group: Tensor, mats: Tensor, p: float,
                               chunk: int = 8,
-                              generator: Optional[torch.Generator] = None) -> Tensor:
+                              generator: Optional[torch.Generator] = None,
+                              grouping: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
     r"""Computes :math:`\mathbf{q}_b = \mathbf{x}_b (\mathbf{M}_{g(b)} \odot
     \mathbf{D}_b) / \pi` with a fresh Bernoulli(:math:`\pi`) keep mask
     :math:`\mathbf{D}_b` for every row :math:`b` (:math:`\pi \approx 1 - p`, see
@@ -118,6 +121,8 @@ def per_sample_dropout_matmul(x: Tensor, group: Tensor, mats: Tensor, p: float,
         p (float): dropout probability in ``[0, 1)``.
         chunk (int): rows per chunk.
         generator (torch.Generator, optional): source of the masks.
+        grouping (Tuple[Tensor, Tensor], optional): precomputed ``(perm, counts)`` as
+            returned by :func:`~momok_pyg.nn.grouped.group_by_relation`.
 
     Returns:
         Tensor: ``[B, d']``.
@@ -125,7 +130,11 @@ def per_sample_dropout_matmul(x: Tensor, group: Tensor, mats: Tensor, p: float,
     keep_threshold(p)  # validates p
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    return _PerSampleHiddenDropout.apply(x, mats, group, p, chunk, generator)
+    if grouping is None:
+        grouping = (torch.argsort(group, stable=True),
+                    torch.bincount(group, minlength=mats.size(0)))
+    perm, counts = grouping
+    return _PerSampleHiddenDropout.apply(x, mats, perm, counts, p, chunk, generator)
 
 
 class _GradientMomentNoise(torch.autograd.Function):
@@ -134,14 +143,12 @@ class _GradientMomentNoise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, mats: Tensor, group: Tensor, perm: Tensor, counts: Tensor,
                 p: float, method: str) -> Tensor:
-        from momok_pyg.nn.tucker import relation_grouped_matmul
         ctx.save_for_backward(x, mats, group, perm, counts)
         ctx.p, ctx.method = p, method
         return relation_grouped_matmul(x, group, mats, method, (perm, counts))
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        from momok_pyg.nn.tucker import relation_grouped_matmul
         x, mats, group, perm, counts = ctx.saved_tensors
         c = ctx.p / (1.0 - ctx.p)
         g = grad_out.to(x.dtype)
