@@ -123,7 +123,7 @@ def verdicts(res: Dict[str, Any], quick: bool) -> List[Dict[str, Any]]:
         eq = res[key]
         what = ("shipped defaults" if key == "equal_learning" else
                 f"hidden_dropout_mode={key[len('equal_learning_'):]!r}")
-        if eq is not None:
+        if eq:
             out.append({"target": f"equal learning ({what}): MRR within noise of the naive "
                                   f"reference (value: mean MRR difference)",
                         "value": round(eq["mean_diff"], 4), "met": eq["within_noise"]})
@@ -148,8 +148,6 @@ def print_table(res: Dict[str, Any]) -> None:
         for impl in impls:
             r = cfg.get(impl)
             if not isinstance(r, dict) or "epoch_tflop" not in r:
-                continue
-            if r is None:
                 continue
             ep = r.get("epoch_seconds_median", r.get("epoch_seconds_extrapolated"))
             ev = r.get("eval_seconds_median", r.get("eval_seconds_extrapolated"))
@@ -211,7 +209,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                    metavar="MODE",
                    help="also time the first dim (fp32, and bf16 with --bf16) and run the "
                         "equal-learning check with TuckerScorer(hidden_dropout_mode=MODE), "
-                        "e.g. the opt-in 'gaussian'")
+                        "e.g. 'sample' or 'gaussian'")
     p.add_argument("--malloc-variant", action="store_true",
                    help="also time the first dim with glibc's mmap threshold fixed at 1 MiB "
                         "(lower peak RSS, slower)")

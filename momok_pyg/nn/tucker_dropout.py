@@ -176,7 +176,7 @@ def gradient_noise_matmul(x: Tensor, group: Tensor, mats: Tensor, p: float,
     on :math:`\partial L / \partial x_{bi}` and :math:`\frac{p}{1-p} \sum_{g(b)=u}
     x_{bi}^2 g_{bj}^2` on :math:`\partial L / \partial M_{u,ij}` (the variances of the
     official per-sample-mask gradients around their means). ``grouping`` is ``(perm,
-    counts)`` of :func:`~momok_pyg.nn.tucker.group_by_relation`; ``method`` as in
-    :func:`~momok_pyg.nn.tucker.relation_grouped_matmul`."""
+    counts)`` of :func:`~momok_pyg.nn.grouped.group_by_relation`; ``method`` as in
+    :func:`~momok_pyg.nn.grouped.relation_grouped_matmul`."""
     perm, counts = grouping
     return _GradientMomentNoise.apply(x, mats, group, perm, counts, p, method)
