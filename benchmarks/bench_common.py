@@ -177,7 +177,9 @@ def step_flops(kind: str, B: int, U: int, N: int, dim: int, rel_dim: int,
     ``kind="momok"`` (momok_pyg):
 
     * ``experts``: every modality's :math:`K` experts over all :math:`N` entities once,
-      :math:`2 N d_{in} K d`, plus gate logits / noise / mixing (:math:`3 \cdot 2 N K d`);
+      :math:`2 N d_{in} K d`, plus gate logits / noise / mixing (:math:`3 \cdot 2 N K d`)
+      (the training step also recomputes the :math:`B` heads' views, :math:`2 B d_{in} K d`,
+      to avoid an :math:`N \times K \times d` gradient; not counted, it is not necessary work);
     * ``fusion``: joint fusion of all :math:`N` candidates and the :math:`B` heads,
       :math:`2 H M n d^2 + 2 H M n d`, and of the :math:`2R` relation rows;
     * ``tucker_core``: :math:`2 U d_r d^2` per scored modality (one contraction per

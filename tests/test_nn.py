@@ -76,6 +76,31 @@ def test_forward_loss_equals_loss_of_scores(loss, bf16):
         torch.testing.assert_close(a, b, **tol, msg=name_p)
 
 
+def test_recomputed_head_views_equal_gathered_views():
+    # with gradients on, the heads' expert views are recomputed from their B input rows
+    # (so that no [N, K, d] gradient is built); values and gradients must equal gathering
+    # the all-entity views
+    model = make_model().eval()
+    head, rel = batch()
+    st = model._compute_state()
+    _, views, _ = model._heads(head, rel, st)
+    gathered = {m: st.views[m].index_select(0, head) for m in views}
+    assert set(views) == set(model.expert_modalities)
+    w = {m: torch.randn_like(v) for m, v in views.items()}
+    params = list(model.kgc_parameters())
+    grads = []
+    for vs in (views, gathered):
+        loss = sum((vs[m] * w[m]).sum() for m in vs)
+        grads.append(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+    for m in views:
+        torch.testing.assert_close(views[m], gathered[m], rtol=1e-5, atol=1e-6)
+    assert any(a is not None for a in grads[0])
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_gradients_reach_every_parameter():
     model = make_model()
     model.train()

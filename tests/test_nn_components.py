@@ -247,6 +247,28 @@ def test_fusion_training_values_and_gradients_match_plain_autograd():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("fusion", ["attention", "mean"])
+def test_fusion_gradcheck_through_both_outputs(fusion):
+    # the fused autograd node against finite differences (float64), through the joint
+    # embedding and the returned weights, with the dropout masks redrawn identically per call
+    torch.manual_seed(0)
+    fu = ModalityFusion({"a": 3, "b": 4}, 5, heads=2, dropout=0.25,
+                        fusion=fusion).double().train()
+    names = [n for n, _ in fu.named_parameters()]
+    xb = torch.randn(6, 4, dtype=torch.float64)  # an input that needs no gradient
+    wf, ww = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+
+    def fn(xa, *ps):
+        torch.manual_seed(3)
+        fused, w = torch.func.functional_call(fu, dict(zip(names, ps)), ({"a": xa, "b": xb}, ))
+        return (fused * wf).sum() + (w * ww).sum()
+
+    xa = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    ps = [p.detach().clone().requires_grad_(True) for p in fu.parameters()]
+    assert torch.autograd.gradcheck(fn, (xa, *ps))
+    assert ("attn" in names) == (fusion == "attention")
+
+
 # ---------------------------------------------------------------------------------- ExID ---
 def _fit_club(x_fn, steps=150):
     torch.manual_seed(0)

@@ -408,7 +408,15 @@ class MoMoK(torch.nn.Module):
             if self.experts is None:
                 heads[m] = st.raw[m].index_select(0, head)
                 continue
-            v = st.views[m].index_select(0, head)
+            remoke = self.experts[m]
+            if torch.is_grad_enabled() and not (remoke.training and remoke.dropout > 0):
+                # Same values as gathering the all-entity views (the experts are row-wise
+                # and deterministic here), but the backward of a gather would build a
+                # zero-filled [N, K, d] gradient per modality; recomputing B rows costs
+                # B d_in K d multiply-adds and sends the gradient to [N, d_in] inputs.
+                v = remoke.experts(st.raw[m].index_select(0, head))
+            else:
+                v = st.views[m].index_select(0, head)
             g = ReMoKE.gates(st.logits[m].index_select(0, head), temp)
             heads[m], views[m], gates[m] = ReMoKE.mix(g, v), v, g
         return heads, views, gates

@@ -16,43 +16,95 @@ FUSIONS = ("attention", "mean")
 AGGREGATES = ("sum", "mean_sigmoid")
 
 
-class _HeadProjection(torch.autograd.Function):
-    r""":math:`\mathrm{ReLU}(\mathrm{drop}_h(\mathbf{x}) \mathbf{W}_h + \mathbf{b}_h)` for
-    :math:`H` heads, ``[n, d] -> [H, n, o]``, one dropout mask per head. Saves only
-    :math:`\mathbf{x}`, the boolean masks and the output (autograd would keep the dropped
-    ``[H, n, d]`` copy and a second copy of the output); the backward recomputes the dropped
-    input from the mask."""
+def _dropped(x: Tensor, heads: int, mask: Optional[Tensor], scale: float) -> Tensor:
+    r"""The :math:`H` dropped copies of ``x`` ``[n, d] -> [H, n, d]`` (a view when no mask)."""
+    if mask is None:
+        return x.unsqueeze(0).expand(heads, -1, -1)
+    return torch.where(mask, x * scale, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    r"""Attention weights are computed in at least float32 (bf16 products under autocast)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class _AttentionFusion(torch.autograd.Function):
+    r"""The whole of :class:`ModalityFusion` in one autograd node: per modality
+    :math:`\mathbf{P}_m = \mathrm{ReLU}(\mathrm{drop}_h(\mathbf{x}_m)\mathbf{W}_{h,m} +
+    \mathbf{b}_{h,m})` ``[H, n, o]``, :math:`\alpha = \operatorname{softmax}_m(\mathbf{P}_m
+    \mathbf{w})` (or :math:`1/M`), output :math:`\sum_{h,m} \alpha_{h,m} \mathbf{P}_{h,m}`
+    and the head-mean of :math:`\alpha`.
+
+    It saves the inputs, the boolean masks, :math:`\alpha` and the projections only, and its
+    backward finishes one modality (attention, ReLU and projection gradients in one buffer)
+    before starting the next, so at most one ``[H, n, o]`` gradient is alive; plain autograd
+    keeps every modality's projection gradient, their accumulation and the dropped
+    ``[H, n, d]`` inputs at once. With ``torch.autocast`` the products run in the autocast
+    dtype, as they would outside this function."""
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, mask: Optional[Tensor],
-                scale: float) -> Tensor:
-        out = torch.relu(torch.baddbmm(bias, _HeadProjection._dropped(x, weight, mask, scale),
-                                       weight))
-        ctx.scale = scale
-        ctx.save_for_backward(x, weight, mask, out)
-        return out
-
-    @staticmethod
-    def _dropped(x: Tensor, weight: Tensor, mask: Optional[Tensor], scale: float) -> Tensor:
-        if mask is None:
-            return x.unsqueeze(0).expand(weight.size(0), -1, -1)
-        return torch.where(mask, x * scale, torch.zeros((), dtype=x.dtype, device=x.device))
+    def forward(ctx, scale: float, attn: Optional[Tensor], *flat: Optional[Tensor]):
+        xs, ws, bs, masks = flat[0::4], flat[1::4], flat[2::4], flat[3::4]
+        heads = ws[0].size(0)
+        proj = [torch.relu(torch.baddbmm(b, _dropped(x, heads, mask, scale), w))
+                for x, w, b, mask in zip(xs, ws, bs, masks)]
+        num_m, dtype = len(proj), proj[0].dtype
+        if attn is None:
+            alpha = torch.full(proj[0].shape[:2] + (num_m, ), 1.0 / num_m,
+                               dtype=_accumulate_dtype(dtype), device=proj[0].device)
+        else:
+            logits = torch.stack([p @ attn.to(dtype) for p in proj], dim=-1)
+            alpha = torch.softmax(logits.to(_accumulate_dtype(dtype)), dim=-1)  # [H, n, M]
+        alpha_c = alpha.to(dtype)
+        fused = proj[0] * alpha_c[..., 0:1]
+        for i in range(1, num_m):
+            fused.addcmul_(proj[i], alpha_c[..., i:i + 1])
+        ctx.scale, ctx.num_m = scale, num_m
+        ctx.save_for_backward(attn, alpha, *xs, *ws, *masks, *proj)
+        return fused.sum(0), alpha.mean(dim=0)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
-    def backward(ctx, grad_out: Tensor):
-        x, weight, mask, out = ctx.saved_tensors
-        g = torch.ops.aten.threshold_backward(grad_out.to(out.dtype), out, 0)  # ReLU'
-        xh = _HeadProjection._dropped(x, weight, mask, ctx.scale).to(g.dtype)
-        grad_w = torch.bmm(xh.transpose(1, 2), g)
-        grad_b = g.sum(dim=1, keepdim=True)
-        gx = torch.bmm(g, weight.to(g.dtype).transpose(1, 2))
-        if mask is not None:
-            gx = torch.where(mask, gx, torch.zeros((), dtype=gx.dtype, device=gx.device))
-            gx = gx.sum(0).mul_(ctx.scale)
-        else:
-            gx = gx.sum(0)
-        return gx.to(x.dtype), grad_w.to(weight.dtype), grad_b.to(weight.dtype), None, None
+    def backward(ctx, grad_fused: Tensor, grad_weights: Optional[Tensor]):
+        attn, alpha, *rest = ctx.saved_tensors
+        num_m, scale = ctx.num_m, ctx.scale
+        xs, ws = rest[:num_m], rest[num_m:2 * num_m]
+        masks, proj = rest[2 * num_m:3 * num_m], rest[3 * num_m:]
+        heads, dtype = alpha.size(0), proj[0].dtype
+        g = grad_fused.to(dtype)
+        alpha_c = alpha.to(dtype)
+        dl = grad_attn = None
+        if attn is not None:  # softmax backward: dl = alpha * (dalpha - sum_j alpha_j dalpha_j)
+            dalpha = torch.stack([(p * g).sum(-1) for p in proj], dim=-1).to(alpha.dtype)
+            if grad_weights is not None:
+                dalpha = dalpha + grad_weights.unsqueeze(0) / heads
+            dl = alpha * (dalpha - (alpha * dalpha).sum(-1, keepdim=True))
+            grad_attn = torch.zeros(attn.shape, dtype=alpha.dtype, device=attn.device)
+        grads = []
+        for i in range(num_m):
+            x, w, mask, p = xs[i], ws[i], masks[i], proj[i]
+            grad_p = g.unsqueeze(0) * alpha_c[..., i:i + 1]  # [H, n, o]
+            if dl is not None:
+                dl_i = dl[..., i]
+                grad_attn += p.reshape(-1, p.size(-1)).t().to(alpha.dtype) @ dl_i.reshape(-1)
+                grad_p.addcmul_(dl_i.unsqueeze(-1).to(dtype), attn.to(dtype))
+            grad_p.masked_fill_(p <= 0, 0)  # ReLU'
+            grad_b = grad_p.sum(dim=1, keepdim=True)
+            grad_w = torch.empty(w.shape, dtype=dtype, device=w.device)
+            grad_x = (torch.zeros(x.shape, dtype=dtype, device=x.device)
+                      if ctx.needs_input_grad[2 + 4 * i] else None)
+            for h in range(heads):  # one head at a time: no [H, n, d] temporary
+                xh = x if mask is None else torch.where(mask[h], x * scale, 0.0)
+                torch.mm(xh.to(dtype).t(), grad_p[h], out=grad_w[h])
+                if grad_x is not None:
+                    gx = grad_p[h] @ w[h].to(dtype).t()
+                    if mask is not None:
+                        gx.mul_(mask[h]).mul_(scale)
+                    grad_x += gx
+            del grad_p
+            grads += [None if grad_x is None else grad_x.to(x.dtype), grad_w.to(w.dtype),
+                      grad_b.to(w.dtype), None]
+        return (None, None if grad_attn is None else grad_attn.to(attn.dtype), *grads)
 
 
 def head_dropout_masks(heads: int, x: Tensor, p: float, training: bool) -> Optional[Tensor]:
@@ -123,21 +175,11 @@ class ModalityFusion(torch.nn.Module):
         r"""Fuses ``{m: [n, d_m]}`` into ``([n, out_dim], weights [n, M])``, the weights being
         :math:`\alpha` averaged over heads (columns in :attr:`modalities` order)."""
         scale = 1.0 / (1.0 - self.dropout) if self.training else 1.0
-        proj = []  # [H, n, out] per modality
-        for m in self.modalities:
+        flat: List[Optional[Tensor]] = []
+        for m in self.modalities:  # masks drawn in modality order
             mask = head_dropout_masks(self.heads, xs[m], self.dropout, self.training)
-            proj.append(_HeadProjection.apply(xs[m], self.weight[m], self.bias[m], mask, scale))
-        h, n, num_m = proj[0].size(0), proj[0].size(1), len(proj)
-        if self.attn is None:
-            alpha = proj[0].new_full((h, n, num_m), 1.0 / num_m)
-        else:
-            logits = torch.stack([p @ self.attn.to(p.dtype) for p in proj], dim=-1)
-            alpha = torch.softmax(logits.float(), dim=-1).to(proj[0].dtype)  # [H, n, M]
-        # sum_m alpha_m p_m without stacking the [H, n, M, out] projections
-        fused = alpha[..., 0:1] * proj[0]
-        for i in range(1, num_m):
-            fused = fused + alpha[..., i:i + 1] * proj[i]
-        return fused.sum(0), alpha.float().mean(dim=0)
+            flat += [xs[m], self.weight[m], self.bias[m], mask]
+        return _AttentionFusion.apply(scale, self.attn, *flat)
 
     def extra_repr(self) -> str:
         return (f"{self.in_dims}, {self.out_dim}, "
