@@ -91,3 +91,51 @@ def test_naive_loss_equals_momok_loss(small_mmkg, model_pair):
     with torch.no_grad():
         scores = model(head, rel).scores
     torch.testing.assert_close(naive.kgc_loss(scores, target), model.kgc_loss(scores, target))
+
+
+def test_naive_gradients_equal_momok(small_mmkg, model_pair):
+    # the training step's backward (fused fusion node, recomputed head views, grouped Tucker
+    # products, fused 1-N loss) against autograd through the literal equations; eval mode so
+    # that no dropout or gate noise is drawn, gradients on
+    model, naive = model_pair
+    g = torch.Generator().manual_seed(3)
+    head = torch.randint(0, N, (24, ), generator=g)
+    rel = torch.randint(0, 2 * R, (24, ), generator=g)
+    target = (torch.rand(24, N, generator=g) < 0.05).float()
+    target[:, 0] = 1.0
+    params = list(model.kgc_parameters())
+    fast = torch.autograd.grad(model.forward_loss(head, rel, target.to_sparse()).loss,
+                               params, allow_unused=True)
+    slow = torch.autograd.grad(naive.kgc_loss(naive(head, rel).scores, target), params,
+                               allow_unused=True)
+    names = [n for n, p in model.named_parameters() if any(p is q for q in params)]
+    checked = 0
+    for name, a, b in zip(names, fast, slow):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+            checked += int(a.abs().max() > 0)
+    assert checked >= len(names) // 2  # most parameters get a non-zero gradient
+
+
+def test_dropout_modes_compare_pairs_seeds():
+    from dropout_modes import compare
+
+    def run(mode, seed, mrr, curve):
+        return {"mode": mode, "seed": seed, "best_epoch": 4, "train_seconds": 1.0,
+                "test": {"mrr": mrr, "hits@10": 2 * mrr},
+                "valid_curve": [{"epoch": 2 * (i + 1), "mrr": v} for i, v in enumerate(curve)]}
+
+    runs = [run("moments", 0, 0.30, [0.1, 0.2]), run("sample", 0, 0.29, [0.1, 0.3]),
+            run("moments", 1, 0.34, [0.2, 0.3]), run("sample", 1, 0.32, [0.2, 0.1])]
+    s = compare(runs, ["moments", "sample"])
+    assert s["moments"]["test_mrr_mean"] == pytest.approx(0.32)
+    assert s["moments"]["valid_epochs"] == [2, 4]
+    assert s["sample"]["valid_mrr_mean"] == pytest.approx([0.15, 0.2])
+    d = s["moments_minus_sample"]
+    assert d["seeds"] == [0, 1]
+    assert d["test_mrr_diff_mean"] == pytest.approx(0.015)  # paired: (0.01 + 0.02) / 2
+    assert d["within_noise"] is True  # 0.015 <= 2 x seed noise (std 0.028 / 0.021)
+    far = [dict(r, test={"mrr": r["test"]["mrr"] + (0.2 if r["mode"] == "sample" else 0),
+                         "hits@10": 0}) for r in runs]
+    assert compare(far, ["moments", "sample"])["moments_minus_sample"]["within_noise"] is False
