@@ -150,6 +150,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             + (["--dim", str(args.dim)] if args.dim else [])
             + (["--lr", str(args.lr)] if args.lr else [])
             + (["--features", args.features] if args.features else [])
+            + (["--raw-from", args.raw_from] if args.raw_from else [])
+            + (["--root", args.root] if args.root else [])
             + ["--jobs", str(args.jobs), "--out", args.out]),
         "momok_pyg_version": momok_pyg.__version__, "git_commit": _git_commit(),
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
