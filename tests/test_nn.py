@@ -350,4 +350,4 @@ def test_overfits_a_toy_graph():
 def test_hidden_dropout_mode_reaches_every_scorer():
     model = make_model(hidden_dropout_mode="gaussian")
     assert {s.hidden_dropout_mode for s in model.mujod.scorers.values()} == {"gaussian"}
-    assert {s.hidden_dropout_mode for s in make_model().mujod.scorers.values()} == {"moments"}
+    assert {s.hidden_dropout_mode for s in make_model().mujod.scorers.values()} == {"sample"}

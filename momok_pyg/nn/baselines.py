@@ -26,7 +26,7 @@ class TuckER(MoMoK):
                  label_smoothing: Optional[float] = None, input_dropout: float = 0.3,
                  hidden_dropout: float = 0.4, output_dropout: float = 0.5,
                  batch_norm: bool = True, grouped: str = "loop",
-                 hidden_dropout_mode: str = "moments"):
+                 hidden_dropout_mode: str = "sample"):
         super().__init__(num_entities, num_relations, features=None, masks=None, dim=dim,
                          rel_dim=rel_dim, num_experts=0, use_structure=True, joint=False,
                          exid=False, loss=loss, label_smoothing=label_smoothing,

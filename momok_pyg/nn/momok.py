@@ -225,7 +225,7 @@ class MoMoK(torch.nn.Module):
                  expert_dropout: float = 0.0, input_dropout: float = 0.3,
                  hidden_dropout: float = 0.4, output_dropout: float = 0.5,
                  batch_norm: bool = True, grouped: str = "loop",
-                 hidden_dropout_mode: str = "moments", fusion_heads: int = 2,
+                 hidden_dropout_mode: str = "sample", fusion_heads: int = 2,
                  fusion_dropout: float = 0.2, noise_eps: float = 1e-2,
                  exid_hidden: Optional[int] = None, exid_pairs: str = "all",
                  exid_shared: bool = False, exid_sample: bool = False):
