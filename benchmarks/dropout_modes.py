@@ -1,6 +1,7 @@
 """Longer-horizon check of the Tucker hidden-dropout modes: same seeds, same presets, only
-``hidden_dropout_mode`` differs (default ``"moments"`` against the official per-sample masks
-``"sample"``; ``"gaussian"`` / ``"relation"`` may be added).
+``hidden_dropout_mode`` differs (by default the fast ``"moments"`` against the official
+per-sample masks ``"sample"``, the library default; ``"gaussian"`` / ``"relation"`` may be
+added).
 
 Each (mode, seed) is one ``momok_pyg.training.train`` run of a dataset preset (the same as
 ``momok-pyg train --dataset D --seed S``), here with ``--epochs`` (default: three times the

@@ -16,10 +16,11 @@ FUSIONS = ("attention", "mean")
 AGGREGATES = ("sum", "mean_sigmoid")
 
 
-def _dropped(x: Tensor, heads: int, mask: Optional[Tensor], scale: float) -> Tensor:
-    r"""The :math:`H` dropped copies of ``x`` ``[n, d] -> [H, n, d]`` (a view when no mask)."""
+def _dropped(x: Tensor, mask: Optional[Tensor], scale: float) -> Tensor:
+    r"""``x`` ``[n, d]`` under the keep-mask ``mask`` (``[H, n, d]`` for all heads or ``[n, d]``
+    for one), scaled by ``scale``; ``x`` itself when no mask."""
     if mask is None:
-        return x.unsqueeze(0).expand(heads, -1, -1)
+        return x
     return torch.where(mask, x * scale, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
@@ -46,7 +47,7 @@ class _AttentionFusion(torch.autograd.Function):
     def forward(ctx, scale: float, attn: Optional[Tensor], *flat: Optional[Tensor]):
         xs, ws, bs, masks = flat[0::4], flat[1::4], flat[2::4], flat[3::4]
         heads = ws[0].size(0)
-        proj = [torch.relu(torch.baddbmm(b, _dropped(x, heads, mask, scale), w))
+        proj = [torch.relu(torch.baddbmm(b, _dropped(x, mask, scale).expand(heads, -1, -1), w))
                 for x, w, b, mask in zip(xs, ws, bs, masks)]
         num_m, dtype = len(proj), proj[0].dtype
         if attn is None:
@@ -94,7 +95,7 @@ class _AttentionFusion(torch.autograd.Function):
             grad_x = (torch.zeros(x.shape, dtype=dtype, device=x.device)
                       if ctx.needs_input_grad[2 + 4 * i] else None)
             for h in range(heads):  # one head at a time: no [H, n, d] temporary
-                xh = x if mask is None else torch.where(mask[h], x * scale, 0.0)
+                xh = _dropped(x, None if mask is None else mask[h], scale)
                 torch.mm(xh.to(dtype).t(), grad_p[h], out=grad_w[h])
                 if grad_x is not None:
                     gx = grad_p[h] @ w[h].to(dtype).t()
