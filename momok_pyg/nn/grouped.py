@@ -21,6 +21,12 @@ def group_by_relation(rel: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     return unique, group, perm, counts
 
 
+def sort_groups(group: Tensor, num_groups: int) -> Tuple[Tensor, Tensor]:
+    r"""``(perm, counts)`` of group ids ``group`` ``[B]`` in ``[0, num_groups)``: a stable
+    permutation sorting the rows by group, and the group sizes ``[num_groups]``."""
+    return torch.argsort(group, stable=True), torch.bincount(group, minlength=num_groups)
+
+
 def relation_grouped_matmul(x: Tensor, group: Tensor, mats: Tensor,
                             method: str = "loop",
                             grouping: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
@@ -44,11 +50,7 @@ def relation_grouped_matmul(x: Tensor, group: Tensor, mats: Tensor,
     Returns:
         Tensor: ``[B, d']``.
     """
-    if grouping is None:
-        perm = torch.argsort(group, stable=True)
-        counts = torch.bincount(group, minlength=mats.size(0))
-    else:
-        perm, counts = grouping
+    perm, counts = grouping if grouping is not None else sort_groups(group, mats.size(0))
     x_sorted = x.index_select(0, perm)
     if method == "loop":
         sizes = counts.tolist()

@@ -70,7 +70,7 @@ class TuckerScorer(torch.nn.Module):
       reparameterisation of Kingma et al., 2015): the benchmark measures that it learns
       *faster* than the official model in the first epochs (its gradients miss the masks'
       noise, which ``"moments"`` adds back).
-    * ``"moments"`` (default): the ``"gaussian"`` forward, and a backward pass that adds
+    * ``"moments"`` (opt-in, faster): the ``"gaussian"`` forward, and a backward pass that adds
       to the gradients of :math:`\mathbf{x}_b` and :math:`\mathbf{W}_r` independent Gaussian
       noise of the per-entry variance the official masks give them
       (:func:`~momok_pyg.nn.tucker_dropout.gradient_noise_matmul`; two more grouped products

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from momok_pyg.nn.grouped import relation_grouped_matmul
+from momok_pyg.nn.grouped import relation_grouped_matmul, sort_groups
 
 #: resolution of the keep probability: masks are drawn as 15-bit uniform integers
 _LEVELS = 1 << 15
@@ -130,10 +130,7 @@ def per_sample_dropout_matmul(x: Tensor, group: Tensor, mats: Tensor, p: float,
     keep_threshold(p)  # validates p
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    if grouping is None:
-        grouping = (torch.argsort(group, stable=True),
-                    torch.bincount(group, minlength=mats.size(0)))
-    perm, counts = grouping
+    perm, counts = grouping if grouping is not None else sort_groups(group, mats.size(0))
     return _PerSampleHiddenDropout.apply(x, mats, perm, counts, p, chunk, generator)
 
 
