@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from momok_pyg.nn import (CLUB, ExID, ModalityFusion, ReMoKE, TuckerScorer, draw_keep_masks,
+                          keep_masks, keep_probability,
                           gate_entropy, gradient_noise_matmul, group_by_relation,
                           keep_threshold, per_sample_dropout_matmul, relation_grouped_matmul)
 
@@ -78,18 +79,24 @@ def test_gaussian_hidden_dropout_matches_per_sample_masks_in_moments():
         assert off.abs().max() < 0.03
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 64])
-def test_per_sample_dropout_matmul_equals_explicit_masks(chunk):
+def _seed_of(generator_seed: int) -> torch.Tensor:
+    # the seed per_sample_dropout_matmul draws from torch.Generator().manual_seed(generator_seed)
+    return torch.empty((), dtype=torch.int64).random_(
+        generator=torch.Generator().manual_seed(generator_seed))
+
+
+@pytest.mark.parametrize("chunk,fused", [(1, False), (3, False), (64, False), (16, True)])
+def test_per_sample_dropout_matmul_equals_explicit_masks(chunk, fused):
     torch.manual_seed(0)
-    B, d, e, U, p = 37, 5, 4, 4, 0.4
+    B, d, e, U, p = 37, 5, 7, 4, 0.4  # d * e = 35: masks straddle the 4-lane words
     x = torch.randn(B, d, dtype=torch.float64, requires_grad=True)
     mats = torch.randn(U, d, e, dtype=torch.float64, requires_grad=True)
     group = torch.randint(0, U, (B, ))
     group[0] = 3  # group 2 may be empty, group 3 is not
     out = per_sample_dropout_matmul(x, group, mats, p, chunk,
-                                    torch.Generator().manual_seed(5))
+                                    torch.Generator().manual_seed(5), compile=fused)
     # reference: the same masks (drawn for the group-sorted rows), a [B, d, e] copy per row
-    masks = draw_keep_masks((B, d, e), p, torch.Generator().manual_seed(5))
+    masks = keep_masks(_seed_of(5), torch.tensor(0), B, (d, e), keep_threshold(p))
     perm = torch.argsort(group, stable=True)
     row_masks = torch.empty_like(masks)
     row_masks[perm] = masks
@@ -104,8 +111,60 @@ def test_per_sample_dropout_matmul_equals_explicit_masks(chunk):
     torch.testing.assert_close(mats.grad, mr.grad)
     assert torch.autograd.gradcheck(
         lambda a, b: per_sample_dropout_matmul(a, group, b, p, chunk,
-                                               torch.Generator().manual_seed(1)),
+                                               torch.Generator().manual_seed(1),
+                                               compile=fused),
         (x.detach().requires_grad_(), mats.detach().requires_grad_()))
+
+
+def test_fused_per_sample_dropout_stores_no_mask_and_matches_eager():
+    """The compiled kernels recompute the masks: nothing of ``B * d * e`` entries is saved
+    for the backward pass (the eager path keeps its boolean masks), same values."""
+    torch.manual_seed(0)
+    B, d, e, U, p = 64, 12, 10, 5, 0.3
+    x = torch.randn(B, d)
+    mats = torch.randn(U, d, e)
+    group = torch.randint(0, U, (B, ))
+    g = torch.randn(B, e)
+    results = {}
+    for fused in (True, False):
+        saved = []
+
+        def pack(t):
+            saved.append(t.numel())
+            return t
+
+        xx, mm = x.clone().requires_grad_(), mats.clone().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = per_sample_dropout_matmul(xx, group, mm, p,
+                                            generator=torch.Generator().manual_seed(3),
+                                            compile=fused)
+        out.backward(g)
+        results[fused] = (out, xx.grad, mm.grad, max(saved))
+    assert results[True][3] < B * d * e <= results[False][3]
+    for a, b in zip(results[True][:3], results[False][:3]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_per_sample_dropout_falls_back_to_eager_when_compilation_fails(monkeypatch):
+    import momok_pyg.nn.tucker_dropout as td
+
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(td, "_COMPILED", {})
+    monkeypatch.setattr(td, "_COMPILE_FAILED", False)
+    monkeypatch.setattr(torch, "compile", broken)
+    x, mats = torch.randn(9, 4), torch.randn(2, 4, 3)
+    group = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1, 1])
+    with pytest.warns(UserWarning, match="no compiler here"):
+        out = per_sample_dropout_matmul(x, group, mats, 0.5,
+                                        generator=torch.Generator().manual_seed(2))
+    assert td._COMPILE_FAILED
+    ref = per_sample_dropout_matmul(x, group, mats, 0.5, compile=False,
+                                    generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(out, ref)
 
 
 def test_moments_mode_gradients_match_per_sample_masks_in_mean_and_variance():
@@ -142,11 +201,29 @@ def test_moments_mode_gradients_match_per_sample_masks_in_mean_and_variance():
     assert moments[1].var(0).min() > 1e-3
 
 
-def test_keep_masks_rate_and_validation():
-    keep = draw_keep_masks((200, 100, 100), 0.4, torch.Generator().manual_seed(0))
+def test_keep_masks_rate_independence_and_validation():
+    import momok_pyg.nn.tucker_dropout as td
+    thr = keep_threshold(0.4)
+    keep = keep_masks(torch.tensor(11), torch.tensor(0), 200, (100, 100), thr)
     assert keep.dtype == torch.bool and keep.shape == (200, 100, 100)
-    assert abs(keep.float().mean().item() - 0.6) < 1e-3  # 2M draws: std 3.5e-4
-    assert abs(keep_threshold(0.4) / 2**15 - 0.6) <= 2**-16
+    assert abs(keep.float().mean().item() - thr / 2**15) < 1e-3  # 2M draws: std 3.5e-4
+    assert abs(thr / 2**15 - 0.6) <= 2**-16
+    # neighbours (same word, next word, next row) and another seed are uncorrelated
+    k = keep.float()
+    for a, b in ((k[..., :-1], k[..., 1:]), (k[:, :-1], k[:, 1:]), (k[:-1], k[1:]),
+                 (k, keep_masks(torch.tensor(12), torch.tensor(0), 200, (100, 100),
+                                thr).float())):
+        assert abs(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]) < 4e-3
+    # rows are addressed absolutely; the eager word-wise draw gives the same bits
+    seed = torch.tensor(-5)
+    tail = keep_masks(seed, torch.tensor(3), 4, (5, 7), thr)
+    torch.testing.assert_close(tail, keep_masks(seed, torch.tensor(0), 7, (5, 7), thr)[3:])
+    torch.testing.assert_close(td._all_masks(seed, 7, (5, 7), thr, chunk=2),
+                               keep_masks(seed, torch.tensor(0), 7, (5, 7), thr))
+    assert keep_masks(seed, torch.tensor(0), 100, (10, 10), keep_threshold(0.0)).all()
+    stored = draw_keep_masks((200, 100, 100), 0.4, torch.Generator().manual_seed(0))
+    assert stored.dtype == torch.bool and stored.shape == (200, 100, 100)
+    assert abs(stored.float().mean().item() - keep_probability(0.4)) < 1e-3
     assert draw_keep_masks((1000, ), 0.0).all()
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="dropout probability"):
@@ -235,7 +312,7 @@ def test_fusion_training_values_and_gradients_match_plain_autograd():
     fused, _ = fu(xs)
     torch.manual_seed(7)  # the same masks, drawn in the same order
     masks = {m: head_dropout_masks(2, xs[m], 0.3, True) for m in "abc"}
-    ps = [torch.relu(torch.baddbmm(fu.bias[m], xs[m] * masks[m] / 0.7, fu.weight[m]))
+    ps = [torch.relu(torch.baddbmm(fu.bias[m], xs[m] * masks[m] / keep_probability(0.3), fu.weight[m]))
           for m in "abc"]
     p = torch.stack(ps, 2)  # [H, n, M, out]
     ref = (torch.softmax(p @ fu.attn, -1).unsqueeze(-1) * p).sum(2).sum(0)

@@ -8,7 +8,8 @@ r"""MoMoK model components (paper Section 4).
 * :class:`CLUB`, :class:`ExID` — expert information disentanglement (Eq. 7-9)
 * :class:`MoMoK` — the assembled model; :class:`TuckER` — the structure-only baseline
 """
-from .tucker_dropout import (draw_keep_masks, gradient_noise_matmul, keep_threshold,
+from .tucker_dropout import (draw_keep_masks, gradient_noise_matmul, keep_masks,
+                             keep_probability, keep_threshold,
                              per_sample_dropout_matmul)
 from .grouped import group_by_relation, relation_grouped_matmul
 from .tucker import TuckerScorer
@@ -24,5 +25,6 @@ __all__ = [
     "ModalityFusion", "ExID", "CLUB", "TuckerScorer", "TuckER", "ModalityTable",
     "StructureTable", "preprocess_features", "group_by_relation", "relation_grouped_matmul",
     "gate_entropy", "JOINT", "one_to_n_loss", "linear_one_to_n_loss", "MoMoKLoss",
-    "per_sample_dropout_matmul", "draw_keep_masks", "keep_threshold", "gradient_noise_matmul",
+    "per_sample_dropout_matmul", "keep_masks", "draw_keep_masks", "keep_probability",
+    "keep_threshold", "gradient_noise_matmul",
 ]

@@ -10,6 +10,7 @@ from torch.nn import ModuleDict, Parameter, ParameterDict
 
 from .loss import LOSSES, linear_one_to_n_loss, one_to_n_loss
 from .tucker import TuckerScorer
+from .tucker_dropout import draw_keep_masks, keep_probability
 
 JOINT = "joint"
 FUSIONS = ("attention", "mean")
@@ -109,12 +110,12 @@ class _AttentionFusion(torch.autograd.Function):
 
 
 def head_dropout_masks(heads: int, x: Tensor, p: float, training: bool) -> Optional[Tensor]:
-    r"""Boolean keep-masks ``[H, n, d]`` (keep probability :math:`1 - p`) of
-    :class:`ModalityFusion`'s input dropout, :obj:`None` when no dropout applies."""
+    r"""Boolean keep-masks ``[H, n, d]`` (keep probability :math:`1 - p`, see
+    :func:`~momok_pyg.nn.tucker_dropout.draw_keep_masks`) of :class:`ModalityFusion`'s input
+    dropout, :obj:`None` when no dropout applies."""
     if not training or p == 0.0:
         return None
-    return torch.empty((heads, ) + tuple(x.shape), dtype=torch.bool,
-                       device=x.device).bernoulli_(1.0 - p)
+    return draw_keep_masks((heads, ) + tuple(x.shape), p, device=x.device)
 
 
 class ModalityFusion(torch.nn.Module):
@@ -175,7 +176,7 @@ class ModalityFusion(torch.nn.Module):
     def forward(self, xs: Mapping[str, Tensor]) -> Tuple[Tensor, Tensor]:
         r"""Fuses ``{m: [n, d_m]}`` into ``([n, out_dim], weights [n, M])``, the weights being
         :math:`\alpha` averaged over heads (columns in :attr:`modalities` order)."""
-        scale = 1.0 / (1.0 - self.dropout) if self.training else 1.0
+        scale = 1.0 / keep_probability(self.dropout) if self.training else 1.0
         flat: List[Optional[Tensor]] = []
         for m in self.modalities:  # masks drawn in modality order
             mask = head_dropout_masks(self.heads, xs[m], self.dropout, self.training)

@@ -48,11 +48,12 @@ class TuckerScorer(torch.nn.Module):
     (\mathbf{W}_r \odot \mathbf{M}_b) / (1-p)`. ``hidden_dropout_mode`` chooses how:
 
     * ``"sample"`` (default): exactly that, one fresh mask per sample
-      (:func:`~momok_pyg.nn.tucker_dropout.per_sample_dropout_matmul`: relation-grouped and
-      chunked, boolean masks, no ``[B, d_e, d_e]`` float tensor). The masks cost
-      :math:`B d_e^2` random draws and elementwise products per step, memory-bound work
-      that does not run at matmul speed (1.4x slower epochs than ``"moments"`` at d = 300);
-      ``benchmarks/bench_momok.py`` measures it learns like the naive reference.
+      (:func:`~momok_pyg.nn.tucker_dropout.per_sample_dropout_matmul`). The masks are
+      counter-based (a hash of a per-step seed and the entry's position), so three fused
+      :func:`torch.compile` kernels (forward, two gradients) recompute them in registers: no
+      ``[B, d_e, d_e]`` tensor, float or boolean, is built or kept. Without a compiler the same
+      masks are drawn eagerly and kept as booleans. ``benchmarks/bench_momok.py`` measures
+      that it learns like the naive reference.
     * ``"gaussian"`` (opt-in, faster): the moment-matched Gaussian of that noise ("fast
       dropout", Wang & Manning, 2013). Given :math:`\mathbf{x}_b` and :math:`\mathbf{W}_r`,
       the entries of :math:`\mathbf{q}_b` are independent with mean

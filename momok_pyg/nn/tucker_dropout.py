@@ -1,17 +1,25 @@
-r"""Tucker hidden dropout: the official per-sample masks without a ``[B, d, d]`` float tensor
-(relation-grouped, chunked, boolean masks), and the grouped product whose backward pass adds
-the gradient noise of those masks (the ``"moments"`` mode of :class:`TuckerScorer`)."""
+r"""Tucker hidden dropout: the official per-sample masks without a ``[B, d, d]`` tensor of any
+kind (counter-based masks recomputed where they are used, fused kernels), and the grouped
+product whose backward pass adds the gradient noise of those masks (the ``"moments"`` mode of
+:class:`TuckerScorer`)."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import os
+import warnings
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from momok_pyg.nn.grouped import relation_grouped_matmul, sort_groups
 
-#: resolution of the keep probability: masks are drawn as 15-bit uniform integers
+#: resolution of the keep probability: masks compare 15-bit uniform integers to a threshold
 _LEVELS = 1 << 15
+
+# SplitMix64 (Steele, Lea & Flood, 2014) constants as signed 64-bit integers
+_GAMMA = 0x9E3779B97F4A7C15 - (1 << 64)
+_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_MIX2 = 0x94D049BB133111EB - (1 << 64)
 
 
 def keep_threshold(p: float) -> int:
@@ -23,68 +31,143 @@ def keep_threshold(p: float) -> int:
     return max(1, round((1.0 - p) * _LEVELS))
 
 
+def keep_probability(p: float) -> float:
+    r"""The keep probability ``keep_threshold(p) / 2**15`` the masks of this module draw
+    (the inverted-dropout scale is its reciprocal)."""
+    return keep_threshold(p) / _LEVELS
+
+
 def draw_keep_masks(shape: Tuple[int, ...], p: float,
-                    generator: Optional[torch.Generator] = None) -> Tensor:
+                    generator: Optional[torch.Generator] = None,
+                    device: Optional[torch.device] = None) -> Tensor:
     r"""Boolean keep masks of ``shape``, every entry independently :obj:`True` with
-    probability ``keep_threshold(p) / 2**15``.
+    probability ``keep_threshold(p) / 2**15``, to be stored (unlike :func:`keep_masks`).
 
     Four 15-bit draws come from one 64-bit random word (:meth:`torch.Tensor.random_`),
-    about 7x faster on CPU than :func:`torch.bernoulli` of the same size.
+    about 4x faster on CPU than :func:`torch.bernoulli` of the same size.
     """
     n = 1
     for s in shape:
         n *= s
-    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(generator=generator)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(
+        generator=generator)
     u = words.view(torch.int16).bitwise_and_(_LEVELS - 1)[:n]
     # u <= k - 1 rather than u < k: k = 2**15 (p = 0) does not fit in int16
     return torch.le(u, keep_threshold(p) - 1).view(shape)
 
 
-class _PerSampleHiddenDropout(torch.autograd.Function):
-    r"""See :func:`per_sample_dropout_matmul`. Saves the inputs and ``[B, d, d']`` boolean
-    masks (one byte per entry; a float copy per sample would be 4 and the contracted core
-    per sample 4 more)."""
+def _shr(z: Tensor, s: int) -> Tensor:
+    # logical right shift of int64 (torch's >> is arithmetic)
+    return (z >> s) & ((1 << (64 - s)) - 1)
 
-    @staticmethod
-    def forward(ctx, x: Tensor, mats: Tensor, perm: Tensor, counts: Tensor, p: float,
-                chunk: int, generator: Optional[torch.Generator]) -> Tensor:
-        dtype = torch.promote_types(x.dtype, mats.dtype)
-        x, mats = x.to(dtype), mats.to(dtype)
-        counts = counts.tolist()
-        xs = x.index_select(0, perm)
-        masks = draw_keep_masks((x.size(0), ) + tuple(mats.shape[1:]), p, generator)
-        scale = _LEVELS / keep_threshold(p)
-        out = x.new_empty(x.size(0), mats.size(-1))
-        with torch.autocast(x.device.type, enabled=False):
-            for u, s, t in _chunks(counts, chunk):
-                w = mats[u] * masks[s:t]  # [c, d, d'] this chunk's dropped copies
-                torch.bmm(xs[s:t].unsqueeze(1), w, out=out[s:t].unsqueeze(1))
-        out.mul_(scale)
-        inverse = torch.empty_like(perm)
-        inverse[perm] = torch.arange(perm.numel(), device=perm.device)
-        ctx.save_for_backward(xs, mats, perm, inverse, masks)
-        ctx.counts, ctx.chunk, ctx.scale = counts, chunk, scale
-        return out.index_select(0, inverse)
 
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        xs, mats, perm, inverse, masks = ctx.saved_tensors
-        gs = grad_out.to(xs.dtype).index_select(0, perm) * ctx.scale
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_x = torch.empty_like(xs) if need_x else None
-        grad_w = torch.zeros_like(mats) if need_w else None
-        with torch.autocast(xs.device.type, enabled=False):
-            for u, s, t in _chunks(ctx.counts, ctx.chunk):
-                m = masks[s:t]
-                if need_x:  # dL/dx_b = (W ⊙ M_b) g_b
-                    torch.bmm(mats[u] * m, gs[s:t].unsqueeze(2),
-                              out=grad_x[s:t].unsqueeze(2))
-                if need_w:  # dL/dW = Σ_b (x_b g_b^T) ⊙ M_b
-                    outer = torch.bmm(xs[s:t].unsqueeze(2), gs[s:t].unsqueeze(1))
-                    grad_w[u] += outer.mul_(m).sum(0)
-        if grad_x is not None:
-            grad_x = grad_x.index_select(0, inverse)
-        return grad_x, grad_w, None, None, None, None, None
+def splitmix64(counter: Tensor, seed: Tensor) -> Tensor:
+    r"""Output number ``counter`` of the SplitMix64 generator started at ``seed``: the
+    finaliser of :math:`s + c \cdot \gamma \bmod 2^{64}` (int64, wrapping). A bijection of
+    the counter for a fixed seed; an elementwise function, so any entry of a mask can be
+    recomputed anywhere, in any order, by a fused kernel."""
+    z = seed + counter * _GAMMA
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    return z ^ _shr(z, 31)
+
+
+def keep_masks(seed: Tensor, row0: Tensor, rows: int, shape: Tuple[int, int],
+               threshold: int) -> Tensor:
+    r"""Boolean keep masks ``[rows, d, d']`` of the rows ``row0, ..., row0 + rows - 1``.
+
+    Entry :math:`(b, i, j)` has the counter :math:`c = (b d + i) d' + j`; it reads the 16-bit
+    lane :math:`c \bmod 4` of the 64-bit word :func:`splitmix64` :math:`(\lfloor c/4
+    \rfloor)` and is kept iff that lane's low 15 bits are below ``threshold``
+    (:func:`keep_threshold`): independently with probability ``threshold / 2**15``.
+
+    Args:
+        seed (Tensor): 0-dim int64 seed, drawn afresh for every product.
+        row0 (Tensor): 0-dim int64 index of the first row.
+        rows (int): number of rows.
+        shape (Tuple[int, int]): ``(d, d')`` of one mask.
+        threshold (int): see :func:`keep_threshold`.
+    """
+    d, e = shape
+    b = (torch.arange(rows, device=seed.device) + row0).view(-1, 1, 1)
+    i = torch.arange(d, device=seed.device).view(1, -1, 1)
+    j = torch.arange(e, device=seed.device).view(1, 1, -1)
+    c = (b * d + i) * e + j
+    return ((splitmix64(c >> 2, seed) >> ((c & 3) * 16)) & (_LEVELS - 1)) < threshold
+
+
+def _keep_flat(seed: Tensor, start: int, n: int, threshold: int) -> Tensor:
+    # entries start, ..., start + n - 1 of keep_masks, flat: one hash per word, not per entry
+    # (the int16 view reads the lanes of a little-endian word in order)
+    w0 = start // 4
+    words = splitmix64(torch.arange(w0, (start + n + 3) // 4, device=seed.device), seed)
+    lanes = words.view(torch.int16)[start - 4 * w0:start - 4 * w0 + n]
+    return (lanes & (_LEVELS - 1)) < threshold
+
+
+# The fused kernels: Inductor turns each into one loop nest that hashes, masks, multiplies and
+# sums in registers; the [B, d, d'] operands below are never materialised.
+def _fused_forward(xs: Tensor, mats: Tensor, group: Tensor, row0: Tensor, seed: Tensor,
+                   threshold: int, scale: float) -> Tensor:
+    # q_b = x_b (W_g(b) ⊙ D_b) * scale, group-sorted rows row0, row0 + 1, ...
+    keep = keep_masks(seed, row0, xs.size(0), mats.shape[1:], threshold)
+    return (xs.unsqueeze(2) * torch.where(keep, mats[group], 0.0)).sum(1) * scale
+
+
+def _fused_grad_x(gs: Tensor, mats: Tensor, group: Tensor, row0: Tensor, seed: Tensor,
+                  threshold: int, scale: float) -> Tensor:
+    # dL/dx_b = (W_g(b) ⊙ D_b) g_b * scale
+    keep = keep_masks(seed, row0, gs.size(0), mats.shape[1:], threshold)
+    return (torch.where(keep, mats[group], 0.0) * gs.unsqueeze(1)).sum(2) * scale
+
+
+def _fused_grad_w(xs: Tensor, gs: Tensor, row0: Tensor, seed: Tensor, threshold: int,
+                  scale: float) -> Tensor:
+    # dL/dW_u = Σ_{g(b)=u} (x_b g_b^T) ⊙ D_b * scale, over the rows of one group
+    keep = keep_masks(seed, row0, xs.size(0), (xs.size(1), gs.size(1)), threshold)
+    return torch.where(keep, xs.unsqueeze(2) * gs.unsqueeze(1), 0.0).sum(0) * scale
+
+
+_KERNELS = {"forward": _fused_forward, "grad_x": _fused_grad_x, "grad_w": _fused_grad_w}
+_COMPILED: Dict[str, Callable] = {}
+_COMPILE_FAILED = False
+
+
+def _compile_default() -> bool:
+    return os.environ.get("MOMOK_PYG_COMPILE", "1").lower() not in ("0", "false", "no")
+
+
+def _fused(name: str, *args) -> Optional[Tensor]:
+    r"""Runs kernel ``name`` as one :func:`torch.compile` (Inductor) loop, the masks computed
+    in registers and never stored; :obj:`None` if compilation failed (once, with a warning)."""
+    global _COMPILE_FAILED
+    if _COMPILE_FAILED:
+        return None
+    fn = _COMPILED.get(name)
+    if fn is None:
+        fn = _COMPILED[name] = torch.compile(_KERNELS[name], dynamic=True)
+    try:
+        return fn(*args)
+    except Exception as err:  # no C++ compiler / Triton: the eager kernels take over
+        _COMPILE_FAILED = True
+        warnings.warn(f"torch.compile of the per-sample dropout kernels failed ({err!r:.200}); "
+                      "running them eagerly (slower). Set MOMOK_PYG_COMPILE=0 to skip the "
+                      "attempt.")
+        return None
+
+
+def _all_masks(seed: Tensor, rows: int, shape, threshold: int, chunk: int) -> Tensor:
+    # keep_masks of rows 0..rows-1, drawn chunk rows at a time (bounded temporaries)
+    dd = shape[0] * shape[1]
+    masks = torch.empty((rows, ) + tuple(shape), dtype=torch.bool, device=seed.device)
+    for s, t in _blocks(rows, chunk):
+        masks[s:t] = _keep_flat(seed, s * dd, (t - s) * dd, threshold).view(t - s, *shape)
+    return masks
+
+
+def _blocks(n: int, size: int):
+    for s in range(0, n, size):
+        yield s, min(s + size, n)
 
 
 def _chunks(counts, chunk: int):
@@ -97,32 +180,123 @@ def _chunks(counts, chunk: int):
         start += n
 
 
+class _PerSampleHiddenDropout(torch.autograd.Function):
+    r"""See :func:`per_sample_dropout_matmul`. Saves the inputs and a 64-bit seed: the
+    masks are recomputed in the backward pass instead of stored."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, mats: Tensor, group: Tensor, perm: Tensor, counts: Tensor,
+                p: float, chunk: int, generator: Optional[torch.Generator],
+                use_compile: bool) -> Tensor:
+        dtype = torch.promote_types(x.dtype, mats.dtype)
+        x, mats = x.to(dtype), mats.to(dtype)
+        seed_device = generator.device if generator is not None else "cpu"
+        seed = torch.empty((), dtype=torch.int64, device=seed_device).random_(
+            generator=generator).to(x.device)
+        threshold = keep_threshold(p)
+        scale = _LEVELS / threshold
+        xs, gs = x.index_select(0, perm), group.index_select(0, perm)
+        masks = None
+        with torch.autocast(x.device.type, enabled=False):
+            out = _fused("forward", xs, mats, gs, seed.new_zeros(()), seed, threshold,
+                         scale) if use_compile else None
+            if out is None:  # eager: draw the masks once and keep them
+                masks = _all_masks(seed, xs.size(0), mats.shape[1:], threshold, chunk)
+                out = xs.new_empty(xs.size(0), mats.size(-1))
+                for u, s, t in _chunks(counts.tolist(), chunk):
+                    w = mats[u] * masks[s:t]  # [c, d, d'] this chunk's dropped copies
+                    torch.bmm(xs[s:t].unsqueeze(1), w, out=out[s:t].unsqueeze(1))
+                out.mul_(scale)
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(perm.numel(), device=perm.device)
+        ctx.save_for_backward(xs, mats, gs, perm, inverse, seed, masks)
+        ctx.counts, ctx.chunk, ctx.threshold, ctx.scale = (counts.tolist(), chunk, threshold,
+                                                           scale)
+        return out.index_select(0, inverse)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        xs, mats, group, perm, inverse, seed, masks = ctx.saved_tensors
+        g = grad_out.to(xs.dtype).index_select(0, perm)
+        threshold, scale, chunk = ctx.threshold, ctx.scale, ctx.chunk
+        fused = masks is None  # else the eager forward kept the masks
+        grad_x = grad_w = None
+        with torch.autocast(xs.device.type, enabled=False):
+            if fused:
+                grad_x = _fused("grad_x", g, mats, group, seed.new_zeros(()), seed,
+                                threshold, scale) if ctx.needs_input_grad[0] else None
+                if _COMPILE_FAILED:  # failed just now: the eager kernels take over
+                    fused = False
+                    masks = _all_masks(seed, xs.size(0), mats.shape[1:], threshold, chunk)
+            if fused and ctx.needs_input_grad[1]:
+                grad_w = torch.zeros_like(mats)
+                start = 0
+                for u, n in enumerate(ctx.counts):
+                    if n > 0:
+                        gw = _fused("grad_w", xs[start:start + n], g[start:start + n],
+                                    seed.new_tensor(start), seed, threshold, scale)
+                        if gw is None:  # failed just now
+                            fused = False
+                            masks = _all_masks(seed, xs.size(0), mats.shape[1:], threshold,
+                                               chunk)
+                            break
+                        grad_w[u] = gw
+                    start += n
+            if not fused:  # eager, as in the forward pass
+                gs = g * scale
+                grad_x = torch.empty_like(xs) if ctx.needs_input_grad[0] else None
+                grad_w = torch.zeros_like(mats) if ctx.needs_input_grad[1] else None
+                for u, s, t in _chunks(ctx.counts, chunk):
+                    m = masks[s:t]
+                    if grad_x is not None:  # dL/dx_b = (W ⊙ D_b) g_b
+                        torch.bmm(mats[u] * m, gs[s:t].unsqueeze(2),
+                                  out=grad_x[s:t].unsqueeze(2))
+                    if grad_w is not None:  # dL/dW = Σ_b (x_b g_b^T) ⊙ D_b
+                        outer = torch.bmm(xs[s:t].unsqueeze(2), gs[s:t].unsqueeze(1))
+                        grad_w[u] += outer.mul_(m).sum(0)
+            if grad_x is not None:
+                grad_x = grad_x.index_select(0, inverse)
+        return grad_x, grad_w, None, None, None, None, None, None, None
+
+
 def per_sample_dropout_matmul(x: Tensor, group: Tensor, mats: Tensor, p: float,
-                              chunk: int = 8,
+                              chunk: int = 16,
                               generator: Optional[torch.Generator] = None,
-                              grouping: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
+                              grouping: Optional[Tuple[Tensor, Tensor]] = None,
+                              compile: Optional[bool] = None) -> Tensor:
     r"""Computes :math:`\mathbf{q}_b = \mathbf{x}_b (\mathbf{M}_{g(b)} \odot
     \mathbf{D}_b) / \pi` with a fresh Bernoulli(:math:`\pi`) keep mask
     :math:`\mathbf{D}_b` for every row :math:`b` (:math:`\pi \approx 1 - p`, see
     :func:`keep_threshold`): dropout on a per-sample copy of the relation matrix, as the
     official ``TuckERLayer`` applies it.
 
-    The rows are sorted by group and processed ``chunk`` rows at a time, so the dropped copies
-    exist only for one chunk (``chunk × d × d'`` floats) instead of ``[B, d, d']``; the
-    masks are kept as booleans for the backward pass. Gradients:
-    :math:`\partial L / \partial \mathbf{x}_b = (\mathbf{M}_{g(b)} \odot \mathbf{D}_b)
-    \mathbf{g}_b / \pi` and :math:`\partial L / \partial \mathbf{M}_u = \sum_{g(b)=u}
-    (\mathbf{x}_b \mathbf{g}_b^\top) \odot \mathbf{D}_b / \pi`.
+    The masks are counter-based (:func:`keep_masks`: entry :math:`(b, i, j)` of the
+    group-sorted batch is a hash of one 64-bit seed drawn per call and of its position), so
+    they are never stored: the forward kernel and the two backward kernels,
+
+    .. math::
+        \frac{\partial L}{\partial \mathbf{x}_b} = (\mathbf{M}_{g(b)} \odot \mathbf{D}_b)
+        \mathbf{g}_b / \pi, \qquad
+        \frac{\partial L}{\partial \mathbf{M}_u} = \sum_{g(b)=u}
+        (\mathbf{x}_b \mathbf{g}_b^\top) \odot \mathbf{D}_b / \pi,
+
+    each recompute the entries they need. With ``compile`` each kernel is one
+    :func:`torch.compile` (Inductor) loop that hashes, masks, multiplies and sums in
+    registers: no ``[B, d, d']`` tensor, float or boolean, exists. Without it the same
+    kernels run eagerly on ``chunk`` rows at a time (same masks, slower).
 
     Args:
         x (Tensor): ``[B, d]`` rows.
         group (Tensor): ``[B]`` group (relation) of every row, in ``[0, U)``.
         mats (Tensor): ``[U, d, d']`` one matrix per group.
         p (float): dropout probability in ``[0, 1)``.
-        chunk (int): rows per chunk.
-        generator (torch.Generator, optional): source of the masks.
+        chunk (int): rows per block of the eager kernels.
+        generator (torch.Generator, optional): source of the seed.
         grouping (Tuple[Tensor, Tensor], optional): precomputed ``(perm, counts)`` as
             returned by :func:`~momok_pyg.nn.grouped.group_by_relation`.
+        compile (bool, optional): fuse the kernels with :func:`torch.compile`; default
+            :obj:`True` unless the environment sets ``MOMOK_PYG_COMPILE=0``. Falls back to
+            the eager kernels, with a warning, when compilation fails.
 
     Returns:
         Tensor: ``[B, d']``.
@@ -131,7 +305,9 @@ def per_sample_dropout_matmul(x: Tensor, group: Tensor, mats: Tensor, p: float,
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     perm, counts = grouping if grouping is not None else sort_groups(group, mats.size(0))
-    return _PerSampleHiddenDropout.apply(x, mats, perm, counts, p, chunk, generator)
+    use_compile = _compile_default() if compile is None else compile
+    return _PerSampleHiddenDropout.apply(x, mats, group, perm, counts, p, chunk, generator,
+                                         use_compile)
 
 
 class _GradientMomentNoise(torch.autograd.Function):
