@@ -29,7 +29,10 @@ def _config(spec: Dict[str, Any], **over):
     if spec.get("model_kwargs"):
         kw["model_kwargs"] = dict(spec["model_kwargs"])
     kw.update(over)
-    return TrainConfig.for_dataset("MKG-Y", **kw)
+    config = TrainConfig.for_dataset("MKG-Y", **kw)
+    if "malloc_mmap_threshold" in spec:  # None (glibc's default) is a value here
+        config.malloc_mmap_threshold = spec["malloc_mmap_threshold"]
+    return config
 
 
 def _optimizers(model, config):

@@ -92,6 +92,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (fix it for bitwise-reproducible runs)")
     r.add_argument("--bf16", action="store_true", default=None,
                    help="forward pass under torch.autocast('cpu', dtype=torch.bfloat16)")
+    r.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
+                   help="glibc mmap threshold fixed while training (default 1048576, lower "
+                        "peak RSS; 0: glibc's growing default, a little faster)")
     r.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bars")
     r.add_argument("--out", default=None,
@@ -131,7 +134,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         kw["synthetic"] = _parse_pairs(args.synthetic, "--synthetic")
     if args.model_args:
         kw["model_kwargs"] = _parse_pairs(args.model_args, "--model-arg")
-    return TrainConfig.for_dataset(dataset, **kw)
+    glibc_default = kw.get("malloc_mmap_threshold") == 0
+    if glibc_default:
+        del kw["malloc_mmap_threshold"]
+    config = TrainConfig.for_dataset(dataset, **kw)
+    if glibc_default:
+        config.malloc_mmap_threshold = None
+    return config
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

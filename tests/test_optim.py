@@ -1,4 +1,7 @@
 import copy
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -56,3 +59,49 @@ def test_backward_adam_matches_adam_and_frees_gradients():
     assert all(p.grad is not None for p in c.parameters())
     with pytest.raises(ValueError, match="expected one group of 4"):
         opt2.load_state_dict({"state": {}, "param_groups": [{"params": [0, 1]}]})
+
+
+_HOLES = """
+import ctypes, sys
+from momok_pyg.training.memory import set_malloc_mmap_threshold
+assert set_malloc_mmap_threshold(int(sys.argv[1]))
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+before = rss()
+big, small = [], []
+for _ in range(24):  # 24 x 8 MiB, each followed by a 512 KiB block that pins the heap
+    big.append(libc.malloc(8 << 20))
+    ctypes.memset(big[-1], 1, 8 << 20)
+    small.append(libc.malloc(512 << 10))
+for p in big:
+    libc.free(p)
+print((rss() - before) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and
+                         platform.libc_ver()[0] == "glibc"), reason="glibc only")
+def test_fixed_mmap_threshold_returns_freed_blocks_to_the_system():
+    """Below the threshold, freed 8 MiB blocks stay in the heap behind the small blocks
+    allocated after them (RSS kept, what glibc's growing default threshold does to a training
+    step's temporaries); above it, with TrainConfig's 1 MiB, they are unmapped."""
+    grown = {}
+    for threshold in (32 << 20, 1 << 20):
+        out = subprocess.run([sys.executable, "-c", _HOLES, str(threshold)],
+                             capture_output=True, text=True, check=True)
+        grown[threshold] = float(out.stdout.split()[-1])
+    assert grown[32 << 20] > 150 and grown[1 << 20] < 20, grown
+
+
+def test_mmap_threshold_validation():
+    from momok_pyg.training import TrainConfig
+    from momok_pyg.training.memory import set_malloc_mmap_threshold
+    for bad in (0, -1, 64 << 20):
+        with pytest.raises(ValueError, match="mmap threshold"):
+            set_malloc_mmap_threshold(bad)
+        with pytest.raises(ValueError, match="malloc_mmap_threshold"):
+            TrainConfig(malloc_mmap_threshold=bad)
+    assert TrainConfig(malloc_mmap_threshold=None).malloc_mmap_threshold is None

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from .memory import MAX_MMAP_THRESHOLD
+
 SYNTHETIC = "synthetic"
 
 #: Paper / upstream hyper-parameters (K = 3 experts, lambda = 1e-4, batch 1024, Adam). The
@@ -94,6 +96,10 @@ class TrainConfig:
     seed: int = 0
     threads: Optional[int] = None
     bf16: bool = False
+    #: glibc's mmap threshold in bytes, fixed when training starts (``None``: glibc's
+    #: default, a threshold that grows); see
+    #: :func:`~momok_pyg.training.memory.set_malloc_mmap_threshold`
+    malloc_mmap_threshold: Optional[int] = 1 << 20
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -114,6 +120,10 @@ class TrainConfig:
                              f"{self.features!r}")
         if self.eval_modalities is not None:
             self.eval_modalities = list(self.eval_modalities)
+        if self.malloc_mmap_threshold is not None and not (
+                0 < self.malloc_mmap_threshold <= MAX_MMAP_THRESHOLD):
+            raise ValueError(f"malloc_mmap_threshold must be None or in (0, "
+                             f"{MAX_MMAP_THRESHOLD}] bytes, got {self.malloc_mmap_threshold!r}")
 
     @classmethod
     def for_dataset(cls, dataset: str = SYNTHETIC, **overrides: Any) -> "TrainConfig":

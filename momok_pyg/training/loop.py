@@ -41,6 +41,7 @@ from .batching import OneToNQueries, epoch_generator
 from .checkpoint import (atomic_torch_save, atomic_write_json, get_rng_state, git_commit,
                          load_checkpoint, remove_stale_tmp, seed_everything, set_rng_state)
 from .config import SYNTHETIC, TrainConfig
+from .memory import set_malloc_mmap_threshold
 from .optim import BackwardAdam
 
 PathLike = Union[str, os.PathLike]
@@ -181,6 +182,8 @@ def train_epoch(model: torch.nn.Module, queries: OneToNQueries, optimizer: torch
 
     Returns the mean KGC loss, the mean ExID upper bound and the mean Q-network loss.
     """
+    if config.malloc_mmap_threshold is not None:
+        set_malloc_mmap_threshold(config.malloc_mmap_threshold)
     model.train()
     exid = getattr(model, "exid", None)
     gen = epoch_generator(config.seed, epoch)
