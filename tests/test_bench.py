@@ -139,3 +139,18 @@ def test_dropout_modes_compare_pairs_seeds():
     far = [dict(r, test={"mrr": r["test"]["mrr"] + (0.2 if r["mode"] == "sample" else 0),
                          "hits@10": 0}) for r in runs]
     assert compare(far, ["moments", "sample"])["moments_minus_sample"]["within_noise"] is False
+
+
+def test_hidden_dropout_micro_benchmark_writes_every_variant(tmp_path):
+    import json
+    import subprocess
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_hidden_dropout.py"
+    out = tmp_path / "hd.json"
+    subprocess.run([sys.executable, str(script), "--batch", "24", "--dim", "6", "--groups", "3",
+                    "--rounds", "2", "--out", str(out)], check=True, capture_output=True)
+    res = json.loads(out.read_text())
+    assert set(res["median_seconds"]) == {"sample_fused", "sample_eager", "moments",
+                                          "no_dropout"}
+    assert all(len(v) == 2 and min(v) > 0 for v in res["seconds"].values())
+    assert res["ratio_to_sample_fused"]["sample_fused"] == 1.0
+    assert res["config"]["dim"] == 6

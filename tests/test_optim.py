@@ -105,3 +105,22 @@ def test_mmap_threshold_validation():
         with pytest.raises(ValueError, match="malloc_mmap_threshold"):
             TrainConfig(malloc_mmap_threshold=bad)
     assert TrainConfig(malloc_mmap_threshold=None).malloc_mmap_threshold is None
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and
+                         platform.libc_ver()[0] == "glibc"), reason="glibc only")
+def test_training_threshold_is_scoped_to_the_epoch(monkeypatch):
+    """train_epoch fixes the configured threshold for its steps and leaves glibc at the
+    maximum (what its growing default reaches) for evaluation; None touches nothing."""
+    from momok_pyg.training import memory
+    seen = []
+    real = memory.set_malloc_mmap_threshold
+    monkeypatch.setattr(memory, "set_malloc_mmap_threshold",
+                        lambda n: seen.append(n) or real(n))
+    with memory.mmap_threshold_while(1 << 20):
+        assert memory._applied == 1 << 20
+    assert memory._applied == memory.MAX_MMAP_THRESHOLD
+    assert seen == [1 << 20, memory.MAX_MMAP_THRESHOLD]
+    with memory.mmap_threshold_while(None):
+        pass
+    assert seen == [1 << 20, memory.MAX_MMAP_THRESHOLD]

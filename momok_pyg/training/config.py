@@ -96,9 +96,8 @@ class TrainConfig:
     seed: int = 0
     threads: Optional[int] = None
     bf16: bool = False
-    #: glibc's mmap threshold in bytes, fixed when training starts (``None``: glibc's
-    #: default, a threshold that grows); see
-    #: :func:`~momok_pyg.training.memory.set_malloc_mmap_threshold`
+    #: glibc's mmap threshold in bytes during training epochs (``None``: glibc's default, a
+    #: threshold that grows); see :func:`~momok_pyg.training.memory.mmap_threshold_while`
     malloc_mmap_threshold: Optional[int] = 1 << 20
     progress: bool = True
 

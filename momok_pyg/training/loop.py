@@ -41,7 +41,7 @@ from .batching import OneToNQueries, epoch_generator
 from .checkpoint import (atomic_torch_save, atomic_write_json, get_rng_state, git_commit,
                          load_checkpoint, remove_stale_tmp, seed_everything, set_rng_state)
 from .config import SYNTHETIC, TrainConfig
-from .memory import set_malloc_mmap_threshold
+from .memory import mmap_threshold_while
 from .optim import BackwardAdam
 
 PathLike = Union[str, os.PathLike]
@@ -180,10 +180,17 @@ def train_epoch(model: torch.nn.Module, queries: OneToNQueries, optimizer: torch
                 progress: bool = False) -> Dict[str, float]:
     r"""One pass over all training queries in the order drawn from ``(seed, epoch)``.
 
-    Returns the mean KGC loss, the mean ExID upper bound and the mean Q-network loss.
+    Returns the mean KGC loss, the mean ExID upper bound and the mean Q-network loss. Runs
+    with glibc's mmap threshold at ``config.malloc_mmap_threshold`` (see
+    :func:`~momok_pyg.training.memory.mmap_threshold_while`).
     """
-    if config.malloc_mmap_threshold is not None:
-        set_malloc_mmap_threshold(config.malloc_mmap_threshold)
+    with mmap_threshold_while(config.malloc_mmap_threshold):
+        return _train_epoch(model, queries, optimizer, q_optimizer, config, epoch, progress)
+
+
+def _train_epoch(model: torch.nn.Module, queries: OneToNQueries,
+                 optimizer: torch.optim.Optimizer, q_optimizer: Optional[torch.optim.Optimizer],
+                 config: TrainConfig, epoch: int, progress: bool) -> Dict[str, float]:
     model.train()
     exid = getattr(model, "exid", None)
     gen = epoch_generator(config.seed, epoch)

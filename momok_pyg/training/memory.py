@@ -1,10 +1,11 @@
 r"""Process memory settings of a training run."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import platform
-from typing import Optional
+from typing import Iterator, Optional
 
 #: ``M_MMAP_THRESHOLD`` of glibc's ``<malloc.h>``
 _M_MMAP_THRESHOLD = -3
@@ -12,6 +13,12 @@ _M_MMAP_THRESHOLD = -3
 MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
 
 _applied: Optional[int] = None
+
+
+def _libc() -> Optional[ctypes.CDLL]:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 def set_malloc_mmap_threshold(nbytes: int) -> bool:
@@ -33,12 +40,31 @@ def set_malloc_mmap_threshold(nbytes: int) -> bool:
     if not 0 < nbytes <= MAX_MMAP_THRESHOLD:
         raise ValueError(f"mmap threshold must be in (0, {MAX_MMAP_THRESHOLD}] bytes, "
                          f"got {nbytes}")
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _libc()
+    if libc is None:
         return False
     if _applied == nbytes:
         return True
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(nbytes)))
     if ok:
         _applied = nbytes
     return ok
+
+
+@contextlib.contextmanager
+def mmap_threshold_while(nbytes: Optional[int]) -> Iterator[None]:
+    r"""Runs the block (a training epoch) with glibc's mmap threshold fixed at ``nbytes``
+    (:func:`set_malloc_mmap_threshold`), then fixes it at :data:`MAX_MMAP_THRESHOLD`, where
+    glibc's own default ends up after the first large blocks are freed, and returns the
+    heap's free pages to the system (``malloc_trim(0)``). What runs between epochs
+    (evaluation: ``[B, N]`` score tensors allocated and freed batch after batch) then reuses
+    heap blocks instead of faulting in fresh pages for each. ``None``: does nothing."""
+    if nbytes is None:
+        yield
+        return
+    set_malloc_mmap_threshold(nbytes)
+    try:
+        yield
+    finally:
+        if set_malloc_mmap_threshold(MAX_MMAP_THRESHOLD):
+            _libc().malloc_trim(ctypes.c_size_t(0))
