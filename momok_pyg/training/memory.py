@@ -7,8 +7,7 @@ import ctypes.util
 import platform
 from typing import Iterator, Optional
 
-#: ``M_TRIM_THRESHOLD`` and ``M_MMAP_THRESHOLD`` of glibc's ``<malloc.h>``
-_M_TRIM_THRESHOLD = -1
+#: ``M_MMAP_THRESHOLD`` of glibc's ``<malloc.h>``
 _M_MMAP_THRESHOLD = -3
 #: the largest threshold glibc accepts (``HEAP_MAX_SIZE / 2`` on 64-bit systems)
 MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
@@ -25,8 +24,7 @@ def _libc() -> Optional[ctypes.CDLL]:
 def set_malloc_mmap_threshold(nbytes: int) -> bool:
     r"""Fixes glibc's mmap threshold at ``nbytes``: every allocation of at least that size gets
     its own pages, returned to the system when freed (``mallopt(M_MMAP_THRESHOLD, nbytes)``,
-    the same as ``MALLOC_MMAP_THRESHOLD_=nbytes`` in the environment), and its trim threshold
-    at ``2 * nbytes``, as glibc sets it when it moves the threshold itself.
+    the same as ``MALLOC_MMAP_THRESHOLD_=nbytes`` in the environment).
 
     By default glibc raises the threshold to the size of every freed large block (up to
     32 MiB), so a training step's large temporaries (expert views, fusion projections, core
@@ -47,11 +45,7 @@ def set_malloc_mmap_threshold(nbytes: int) -> bool:
         return False
     if _applied == nbytes:
         return True
-    # glibc's own rule when it moves the threshold: trim the heap top only above twice it
-    # (a fixed threshold would otherwise leave the 128 KiB default trim threshold, and every
-    # free at the top of the heap would give pages back that the next step faults in again)
-    ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(nbytes))) and bool(
-        libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(2 * nbytes)))
+    ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(nbytes)))
     if ok:
         _applied = nbytes
     return ok
