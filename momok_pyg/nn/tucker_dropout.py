@@ -196,6 +196,7 @@ class _PerSampleHiddenDropout(torch.autograd.Function):
         threshold = keep_threshold(p)
         scale = _LEVELS / threshold
         xs, gs = x.index_select(0, perm), group.index_select(0, perm)
+        sizes = counts.tolist()
         masks = None
         with torch.autocast(x.device.type, enabled=False):
             out = _fused("forward", xs, mats, gs, seed.new_zeros(()), seed, threshold,
@@ -203,15 +204,14 @@ class _PerSampleHiddenDropout(torch.autograd.Function):
             if out is None:  # eager: draw the masks once and keep them
                 masks = _all_masks(seed, xs.size(0), mats.shape[1:], threshold, chunk)
                 out = xs.new_empty(xs.size(0), mats.size(-1))
-                for u, s, t in _chunks(counts.tolist(), chunk):
+                for u, s, t in _chunks(sizes, chunk):
                     w = mats[u] * masks[s:t]  # [c, d, d'] this chunk's dropped copies
                     torch.bmm(xs[s:t].unsqueeze(1), w, out=out[s:t].unsqueeze(1))
                 out.mul_(scale)
         inverse = torch.empty_like(perm)
         inverse[perm] = torch.arange(perm.numel(), device=perm.device)
         ctx.save_for_backward(xs, mats, gs, perm, inverse, seed, masks)
-        ctx.counts, ctx.chunk, ctx.threshold, ctx.scale = (counts.tolist(), chunk, threshold,
-                                                           scale)
+        ctx.counts, ctx.chunk, ctx.threshold, ctx.scale = sizes, chunk, threshold, scale
         return out.index_select(0, inverse)
 
     @staticmethod
