@@ -73,7 +73,10 @@ def test_filter_index_answers_match_dict(toy):
 
 @pytest.mark.parametrize("tie", ["realistic", "optimistic", "pessimistic"])
 @pytest.mark.parametrize("splits", [("train", "valid", "test"), ("train", )])
-def test_ranks_match_bruteforce_with_ties(toy, tie, splits):
+@pytest.mark.parametrize("block_rows", [None, 5])
+def test_ranks_match_bruteforce_with_ties(toy, tie, splits, block_rows, monkeypatch):
+    if block_rows is not None:  # rank in blocks of 5 rows (one reused buffer, a short last block)
+        monkeypatch.setattr("momok_pyg.metrics._CPU_BLOCK", block_rows * N)
     gen = torch.Generator().manual_seed(1)
     fi = FilterIndex.from_data(toy, splits)  # ("train",): targets mostly not in the filter
     ref = brute_answers(torch.cat([get_triples(toy, s) for s in splits]))

@@ -196,6 +196,62 @@ def test_cached_entities_matches_and_is_never_stale():
     torch.testing.assert_close(updated, model.predict(head, rel))
 
 
+def test_predict_writes_into_out_and_checks_it():
+    model = make_model()
+    randomise_gates(model)
+    head, rel = batch()
+    fresh = model.predict(head, rel)
+    out = torch.full((12, N), float("nan"))
+    with model.cached_entities():
+        got = model.predict(head, rel, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(out, fresh)
+    for bad in (torch.empty(11, N), torch.empty(12, N, dtype=torch.float64)):
+        with pytest.raises(ValueError, match=r"out must be a float32 tensor of shape \(12, "):
+            model.predict(head, rel, out=bad)
+    # with gradients wanted, mm(out=) cannot be used: the scores are copied in, gradients flow
+    model.eval()
+    st, heads = model._queries(head, rel)[:2]
+    q = model.mujod.queries(heads, rel, st.mats)[0]
+    ref = model.mujod.aggregate_queries(q, st.cand)
+    got = model.mujod.aggregate_queries(q, st.cand, out=torch.empty(12, N))
+    assert got.requires_grad
+    torch.testing.assert_close(got, ref)
+    params = [p for p in model.parameters() if p.requires_grad]
+    w = torch.randn(12, N)
+    for a, b in zip(torch.autograd.grad((got * w).sum(), params, retain_graph=True,
+                                        allow_unused=True),
+                    torch.autograd.grad((ref * w).sum(), params, allow_unused=True)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+
+
+def test_scorer_reuses_one_output_buffer_and_ranks_the_same():
+    from momok_pyg.evaluate import evaluate_link_prediction
+    from momok_pyg.training import scorer
+    model = make_model()
+    randomise_gates(model)
+    fn = scorer(model, reuse_output=True)
+    head, rel = batch()
+    first = fn(head, rel).clone()
+    a, b = fn(head[:5], rel[:5]), fn(head, rel)  # a smaller batch: a view of the same buffer
+    assert a.data_ptr() == b.data_ptr()
+    torch.testing.assert_close(b, first)
+    torch.testing.assert_close(b, model.predict(head, rel))
+    g = torch.Generator().manual_seed(0)
+    triples = torch.stack([torch.randint(0, N, (30, ), generator=g),
+                           torch.randint(0, R, (30, ), generator=g),
+                           torch.randint(0, N, (30, ), generator=g)], 1)
+    data = build_mmkg(N, R, {"train": triples[:20], "valid": triples[20:25],
+                             "test": triples[25:]})
+    kw = dict(batch_size=4, breakdowns=False, return_ranks=True)
+    with model.cached_entities():
+        reused = evaluate_link_prediction(fn, data, **kw)
+    plain = evaluate_link_prediction(scorer(model), data, **kw)
+    assert torch.equal(reused["ranks"], plain["ranks"])
+
+
 def test_ablation_switches():
     head, rel = batch()
     mean = make_model(fusion="mean").eval()

@@ -325,11 +325,13 @@ def test_fusion_training_values_and_gradients_match_plain_autograd():
 
 
 @pytest.mark.parametrize("fusion", ["attention", "mean"])
-def test_fusion_gradcheck_through_both_outputs(fusion):
+@pytest.mark.parametrize("dropout", [0.25, 0.0])
+def test_fusion_gradcheck_through_both_outputs(fusion, dropout):
     # the fused autograd node against finite differences (float64), through the joint
-    # embedding and the returned weights, with the dropout masks redrawn identically per call
+    # embedding and the returned weights, with the dropout masks redrawn identically per call;
+    # without dropout the heads share one product and a strided [H, n, o] projection
     torch.manual_seed(0)
-    fu = ModalityFusion({"a": 3, "b": 4}, 5, heads=2, dropout=0.25,
+    fu = ModalityFusion({"a": 3, "b": 4}, 5, heads=2, dropout=dropout,
                         fusion=fusion).double().train()
     names = [n for n, _ in fu.named_parameters()]
     xb = torch.randn(6, 4, dtype=torch.float64)  # an input that needs no gradient

@@ -453,17 +453,20 @@ class MoMoK(torch.nn.Module):
 
     @torch.no_grad()
     def predict(self, head: Tensor, rel: Tensor,
-                modalities: Optional[List[str]] = None) -> Tensor:
+                modalities: Optional[List[str]] = None,
+                out: Optional[Tensor] = None) -> Tensor:
         r"""Eval-mode joint scores ``[B, N]`` of all tails for ``(head, rel, ?)`` (the
         training flag is restored afterwards). Use :meth:`cached_entities` around a whole
-        evaluation pass to compute the all-entity part once."""
+        evaluation pass to compute the all-entity part once. ``out``: an optional float32
+        ``[B, N]`` tensor the scores are written into (see
+        :meth:`~momok_pyg.nn.MuJoD.aggregate_queries`)."""
         was_training = self.training
         self.eval()
         try:
             modalities = self.mujod.check_modalities(modalities)
             st, heads = self._queries(head, rel)[:2]
             q = self.mujod.queries(heads, rel, st.mats)[0]
-            return self.mujod.aggregate_queries(q, st.cand, modalities, st.concat)
+            return self.mujod.aggregate_queries(q, st.cand, modalities, st.concat, out)
         finally:
             self.train(was_training)
 

@@ -25,6 +25,28 @@ def _dropped(x: Tensor, mask: Optional[Tensor], scale: float) -> Tensor:
     return torch.where(mask, x * scale, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
+def _projected(x: Tensor, w: Tensor, b: Tensor, mask: Optional[Tensor],
+               scale: float) -> Tensor:
+    r""":math:`\mathrm{ReLU}(\mathrm{drop}_h(\mathbf{x})\mathbf{W}_h + \mathbf{b}_h)` of all
+    heads, ``[H, n, o]``. Without a mask every head sees the same ``x``: then one
+    ``[n, d] @ [d, H o]`` product (a strided ``[H, n, o]`` view of it) replaces the batched
+    product over ``x`` expanded ``H`` times, which copies it and runs a slower kernel."""
+    heads, out_dim = w.size(0), w.size(-1)
+    if mask is not None or heads == 1:
+        return torch.baddbmm(b, _dropped(x, mask, scale).expand(heads, -1, -1), w).relu_()
+    w_all = w.permute(1, 0, 2).reshape(w.size(1), heads * out_dim)
+    out = torch.addmm(b.reshape(1, heads * out_dim), x, w_all).relu_()
+    return out.view(x.size(0), heads, out_dim).transpose(0, 1)
+
+
+def _scored(p: Tensor, a: Tensor) -> Tensor:
+    r""":math:`\mathbf{P}\mathbf{a}` ``[H, n]`` of ``p`` ``[H, n, o]``; a ``p`` laid out
+    ``[n, H, o]`` (from :func:`_projected`) is multiplied in that layout, without a copy."""
+    if p.transpose(0, 1).is_contiguous():
+        return (p.transpose(0, 1) @ a).t()
+    return p @ a
+
+
 def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     r"""Attention weights are computed in at least float32 (bf16 products under autocast)."""
     return torch.promote_types(dtype, torch.float32)
@@ -47,15 +69,13 @@ class _AttentionFusion(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, scale: float, attn: Optional[Tensor], *flat: Optional[Tensor]):
         xs, ws, bs, masks = flat[0::4], flat[1::4], flat[2::4], flat[3::4]
-        heads = ws[0].size(0)
-        proj = [torch.relu(torch.baddbmm(b, _dropped(x, mask, scale).expand(heads, -1, -1), w))
-                for x, w, b, mask in zip(xs, ws, bs, masks)]
+        proj = [_projected(x, w, b, mask, scale) for x, w, b, mask in zip(xs, ws, bs, masks)]
         num_m, dtype = len(proj), proj[0].dtype
         if attn is None:
             alpha = torch.full(proj[0].shape[:2] + (num_m, ), 1.0 / num_m,
                                dtype=_accumulate_dtype(dtype), device=proj[0].device)
         else:
-            logits = torch.stack([p @ attn.to(dtype) for p in proj], dim=-1)
+            logits = torch.stack([_scored(p, attn.to(dtype)) for p in proj], dim=-1)
             alpha = torch.softmax(logits.to(_accumulate_dtype(dtype)), dim=-1)  # [H, n, M]
         alpha_c = alpha.to(dtype)
         fused = proj[0] * alpha_c[..., 0:1]
@@ -358,13 +378,21 @@ class MuJoD(torch.nn.Module):
 
     def aggregate_queries(self, q: Mapping[str, Tensor], candidates: Mapping[str, Tensor],
                           modalities: Optional[Sequence[str]] = None,
-                          concat: Optional[Dict[tuple, Tensor]] = None) -> Tensor:
+                          concat: Optional[Dict[tuple, Tensor]] = None,
+                          out: Optional[Tensor] = None) -> Tensor:
         r"""The joint decision ``[B, N]`` straight from queries and candidates. For
         ``aggregate="sum"``, :math:`\sum_m \mathbf{q}_m \mathbf{E}_m^\top` is one matmul of
         the concatenated queries and candidates (same FLOPs, no per-modality ``[B, N]``
         tensors). ``concat`` is an optional memo of concatenated candidate tables, keyed by
-        the modality tuple."""
+        the modality tuple. ``out`` is an optional float32 ``[B, N]`` tensor to write the
+        decision into (and return): an evaluation loop reusing one buffer saves a fresh
+        ``[B, N]`` allocation, i.e. its page faults, per batch."""
         modalities = self.check_modalities(modalities)
+        if out is not None:
+            shape = (q[modalities[0]].size(0), candidates[modalities[0]].size(0))
+            if tuple(out.shape) != shape or out.dtype != torch.float32:
+                raise ValueError(f"out must be a float32 tensor of shape {shape}, got "
+                                 f"{out.dtype} {tuple(out.shape)}")
         if self.aggregate_type == "sum":
             qs = torch.cat([q[m] for m in modalities], dim=1)
             key = tuple(modalities)
@@ -373,8 +401,14 @@ class MuJoD(torch.nn.Module):
                 cs = torch.cat([candidates[m] for m in modalities], dim=1)
                 if concat is not None:
                     concat[key] = cs
-            return (qs @ cs.t()).float()
-        return self.aggregate({m: q[m] @ candidates[m].t() for m in modalities}, modalities)
+            grad = torch.is_grad_enabled() and (qs.requires_grad or cs.requires_grad)
+            if out is not None and out.dtype == qs.dtype == cs.dtype and not grad:
+                return torch.mm(qs, cs.t(), out=out)
+            scores = (qs @ cs.t()).float()
+        else:
+            scores = self.aggregate({m: q[m] @ candidates[m].t() for m in modalities},
+                                    modalities)
+        return scores if out is None else out.copy_(scores)
 
     def loss(self, scores: Mapping[str, Tensor], target: Tensor) -> Tensor:
         r""":math:`\sum_m \mathcal{L}_m` over the given modalities' scores; ``target`` is the

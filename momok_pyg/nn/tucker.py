@@ -159,20 +159,27 @@ class TuckerScorer(torch.nn.Module):
             rel_table = self.rel_emb.weight
         x = self.bn0(head) if self.bn0 is not None else head
         x = F.dropout(x, self.input_dropout, self.training)
-        unique, group, perm, counts = group_by_relation(rel)
-        if all_matrices is not None:
-            mats = all_matrices.index_select(0, unique)
+        if all_matrices is not None and self.grouped == "loop" and not self._hidden_active():
+            # The cached table is used in place (no [U, d_e, d_e] copy of it per batch).
+            q = relation_grouped_matmul(x, rel, all_matrices)
         else:
-            mats = self.relation_matrices(rel_table.index_select(0, unique))
-        q = self._hidden(x, group, mats, (perm, counts))
+            unique, group, perm, counts = group_by_relation(rel)
+            if all_matrices is not None:
+                mats = all_matrices.index_select(0, unique)
+            else:
+                mats = self.relation_matrices(rel_table.index_select(0, unique))
+            q = self._hidden(x, group, mats, (perm, counts))
         q = self.bn1(q) if self.bn1 is not None else q
         return F.dropout(q, self.output_dropout, self.training)
+
+    def _hidden_active(self) -> bool:
+        return self.training and self.hidden_dropout > 0.0
 
     def _hidden(self, x: Tensor, group: Tensor, mats: Tensor,
                 grouping: Tuple[Tensor, Tensor]) -> Tensor:
         r""":math:`\mathbf{x}_b \mathbf{W}_{g(b)}` with hidden dropout (see class doc)."""
         p = self.hidden_dropout
-        if not self.training or p == 0.0:
+        if not self._hidden_active():
             return relation_grouped_matmul(x, group, mats, self.grouped, grouping)
         if self.hidden_dropout_mode == "sample":
             return per_sample_dropout_matmul(x, group, mats, p, grouping=grouping)

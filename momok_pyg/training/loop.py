@@ -22,6 +22,7 @@ those of ``best.pt`` -- one checkpoint, chosen without looking at the test set.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import platform
@@ -119,13 +120,28 @@ def _check_modalities(model: torch.nn.Module, modalities: Optional[Sequence[str]
                          f"subset of {known}")
 
 
-def scorer(model: torch.nn.Module, modalities: Optional[Sequence[str]] = None
-           ) -> Callable[[Tensor, Tensor], Tensor]:
-    r"""``score_fn(head, rel) -> [B, N]`` of :obj:`model` restricted to :obj:`modalities`."""
+def scorer(model: torch.nn.Module, modalities: Optional[Sequence[str]] = None,
+           reuse_output: bool = False) -> Callable[[Tensor, Tensor], Tensor]:
+    r"""``score_fn(head, rel) -> [B, N]`` of :obj:`model` restricted to :obj:`modalities`.
+
+    With :obj:`reuse_output`, every call writes its scores into one float32 buffer kept by
+    the closure (``model.predict(..., out=...)``) and returns a view of it: the next call
+    overwrites them. That suits a ranking loop that consumes each batch before asking for
+    the next (:func:`~momok_pyg.evaluate.evaluate_link_prediction`), and saves a fresh
+    ``[B, N]`` allocation per batch (on CPU, tens of MB of page faults each). Models whose
+    ``predict`` takes no ``out`` are scored as without it."""
     mods = None if modalities is None else list(modalities)
+    buffer: List[Optional[Tensor]] = [None]
+    reuse_output = reuse_output and "out" in inspect.signature(model.predict).parameters
 
     def score_fn(head: Tensor, rel: Tensor) -> Tensor:
-        return model.predict(head, rel, modalities=mods).float()
+        if not reuse_output:
+            return model.predict(head, rel, modalities=mods).float()
+        buf = buffer[0]
+        if buf is None or buf.size(0) < head.numel() or buf.device != head.device:
+            buf = buffer[0] = torch.empty(head.numel(), model.num_entities,
+                                          device=head.device)
+        return model.predict(head, rel, modalities=mods, out=buf[:head.numel()])
 
     return score_fn
 
@@ -138,8 +154,8 @@ def _evaluate(model, data, split, config, filter_index, modalities=None, breakdo
     cache = getattr(model, "cached_entities", None)
     try:
         with cache() if cache is not None else contextlib.nullcontext():
-            out = evaluate_link_prediction(scorer(model, modalities), data, split=split,
-                                           batch_size=config.eval_batch_size,
+            out = evaluate_link_prediction(scorer(model, modalities, reuse_output=True), data,
+                                           split=split, batch_size=config.eval_batch_size,
                                            filter_index=filter_index, tie=config.tie,
                                            breakdowns=breakdowns, progress=progress)
     finally:
