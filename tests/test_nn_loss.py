@@ -38,6 +38,33 @@ def test_sparse_one_to_n_loss_equals_dense_definition(kind, eps, layout):
     torch.testing.assert_close(g_out, g_ref, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("kind", ["ce", "bce"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_linear_one_to_n_loss_equals_loss_of_the_product(kind, eps):
+    # the fused scores + loss + gradient products (CE: one exponential pass over a buffer the
+    # loss owns, or over a caller's scratch shared by two calls) == the loss of q @ c^T
+    from momok_pyg.nn.loss import linear_one_to_n_loss, one_to_n_loss
+    torch.manual_seed(0)
+    B, N, d = 9, 23, 5
+    y = (torch.rand(B, N) < 0.15).float()
+    y[0] = 0  # a query without answers
+    y[1, :4] = 1
+    y[2, 5] = 2.0  # a weighted answer
+    qs = [(2 * torch.randn(B, d)).requires_grad_() for _ in range(2)]
+    cs = [torch.randn(N, d, requires_grad=True) for _ in range(2)]
+    ref = sum(one_to_n_loss(q @ c.t(), y.to_sparse(), kind, eps) for q, c in zip(qs, cs))
+    g_ref = torch.autograd.grad(3.0 * ref, qs + cs)
+    for scratch in (None, torch.full((B, N), float("nan"))):
+        got = sum(linear_one_to_n_loss(q, c, y.to_sparse(), kind, eps, out=scratch)
+                  for q, c in zip(qs, cs))
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+        for a, b in zip(torch.autograd.grad(3.0 * got, qs + cs), g_ref):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for bad in (torch.empty(B, N - 1), torch.empty(B, N, dtype=torch.float64)):
+        with pytest.raises(ValueError, match=r"out must be a float32 tensor of shape \(9, 23\)"):
+            linear_one_to_n_loss(qs[0], cs[0], y, kind, eps, out=bad)
+
+
 def test_one_to_n_loss_rejects_bad_input():
     from momok_pyg.nn import one_to_n_loss
     s = torch.randn(3, 5)

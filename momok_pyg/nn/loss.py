@@ -32,7 +32,7 @@ with :math:`\tilde{\mathbf{y}}_b^\top \mathbf{s}_b` computed from the non-zeros 
 """
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -61,18 +61,43 @@ def _loss_value(score: Tensor, row: Tensor, col: Tensor, value: Tensor, kind: st
                 eps: float) -> Tuple[Tensor, Tuple[Tensor, ...]]:
     r"""The loss of float ``score`` ``[B, N]`` and what :func:`_loss_grad` needs."""
     B, N = score.shape
-    picked = score[row, col] * value  # [nnz]
-    row_sum = score.sum(dim=1)  # [B]
     if kind == "ce":
-        norm = torch.zeros(B, dtype=score.dtype, device=score.device).index_add_(
-            0, row, value)  # |y_b|
-        coef = (1.0 - eps) * (norm > 0).to(score.dtype) + eps  # c_b
-        weight = (1.0 - eps) / norm.clamp_min(torch.finfo(score.dtype).tiny)
-        pos = torch.zeros_like(norm).index_add_(0, row, picked) * weight
+        coef, weight, linear = _ce_terms(score, row, col, value, eps)
         lse = torch.logsumexp(score, dim=1)
-        return (coef * lse - pos - (eps / N) * row_sum).mean(), (lse, coef, weight)
-    pos = picked.sum() * (1.0 - eps) + row_sum.sum() / N
+        return (coef * lse - linear).mean(), (lse, coef, weight)
+    pos = (score[row, col] * value).sum() * (1.0 - eps) + score.sum() / N
     return (F.softplus(score).sum() - pos) / (B * N), ()
+
+
+def _ce_terms(score: Tensor, row: Tensor, col: Tensor, value: Tensor,
+              eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""``(c, w, l)`` of ``"ce"``, each ``[B]``: :math:`c_b`, the weight
+    :math:`w_b = (1-\varepsilon) / \lVert\mathbf{y}_b\rVert_1` of an answer and the linear
+    term :math:`\tilde{\mathbf{y}}_b^\top \mathbf{s}_b` (so :math:`\ell_b = c_b
+    \operatorname{logsumexp}(\mathbf{s}_b) - l_b`)."""
+    B, N = score.shape
+    norm = torch.zeros(B, dtype=score.dtype, device=score.device).index_add_(
+        0, row, value)  # |y_b|
+    coef = (1.0 - eps) * (norm > 0).to(score.dtype) + eps
+    weight = (1.0 - eps) / norm.clamp_min(torch.finfo(score.dtype).tiny)
+    picked = torch.zeros_like(norm).index_add_(0, row, score[row, col] * value)
+    return coef, weight, picked * weight + (eps / N) * score.sum(dim=1)
+
+
+def _ce_loss_and_grad_(score: Tensor, row: Tensor, col: Tensor, value: Tensor,
+                       eps: float) -> Tuple[Tensor, Tensor]:
+    r"""The ``"ce"`` loss and :math:`\partial \ell / \partial \mathbf{S}`, written over
+    ``score``, in one exponential pass: ``score`` becomes :math:`e^{s_{bt} - m_b}` (row
+    maxima :math:`m_b`), whose row sums :math:`z_b` give :math:`\operatorname{logsumexp} =
+    m_b + \log z_b` and whose scaling by :math:`c_b / (B z_b)` is :math:`c_b
+    \mathrm{softmax}(\mathbf{s}_b) / B`. No other ``[B, N]`` tensor is allocated."""
+    B, N = score.shape
+    coef, weight, linear = _ce_terms(score, row, col, value, eps)
+    top = score.amax(dim=1, keepdim=True)
+    z = score.sub_(top).exp_().sum(dim=1)
+    loss = (coef * (top.squeeze(1) + z.log()) - linear).mean()
+    grad = score.mul_((coef / (B * z)).unsqueeze(1))
+    return loss, _answer_terms_(grad, row, col, value, "ce", eps, weight)
 
 
 def _loss_grad(score: Tensor, row: Tensor, col: Tensor, value: Tensor, kind: str, eps: float,
@@ -85,13 +110,21 @@ def _loss_grad(score: Tensor, row: Tensor, col: Tensor, value: Tensor, kind: str
         lse, coef, weight = aux
         # c_b softmax(s_b) / B = exp(s_b - lse_b + log(c_b / B)): two passes over [B, N]
         grad.sub_((lse - torch.log(coef / B)).unsqueeze(1)).exp_()
+        return _answer_terms_(grad, row, col, value, kind, eps, weight)
+    grad.sigmoid_().sub_(1.0 / N).mul_(1.0 / (B * N))
+    return _answer_terms_(grad, row, col, value, kind, eps)
+
+
+def _answer_terms_(grad: Tensor, row: Tensor, col: Tensor, value: Tensor, kind: str,
+                   eps: float, weight: Optional[Tensor] = None) -> Tensor:
+    r"""Subtracts the target :math:`\tilde{\mathbf{y}}` (scaled as the loss is) from the
+    softmax / sigmoid part of the gradient, in place."""
+    B, N = grad.shape
+    if kind == "ce":
         if eps > 0:
             grad.sub_(eps / (N * B))
-        grad.index_put_((row, col), -(weight[row] * value) / B, accumulate=True)
-    else:
-        grad.sigmoid_().sub_(1.0 / N).mul_(1.0 / (B * N))
-        grad.index_put_((row, col), -(1.0 - eps) * value / (B * N), accumulate=True)
-    return grad
+        return grad.index_put_((row, col), -(weight[row] * value) / B, accumulate=True)
+    return grad.index_put_((row, col), -(1.0 - eps) * value / (B * N), accumulate=True)
 
 
 class _OneToNLoss(torch.autograd.Function):
@@ -114,21 +147,34 @@ class _OneToNLoss(torch.autograd.Function):
 class _LinearOneToNLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, query: Tensor, cand: Tensor, row: Tensor, col: Tensor,
-                value: Tensor, kind: str, eps: float) -> Tensor:
-        s = query @ cand.t()  # (runs in the autocast dtype under autocast, as unfused)
-        q_mm, c_mm = query.to(s.dtype), cand.to(s.dtype)
-        s = s.float()
+                value: Tensor, kind: str, eps: float, out: Optional[Tensor]) -> Tensor:
+        if (out is not None and query.dtype == cand.dtype == out.dtype
+                and not torch.is_autocast_enabled(query.device.type)):
+            s = torch.mm(query, cand.t(), out=out)
+            mm_dtype = s.dtype
+        else:
+            s = query @ cand.t()  # (runs in the autocast dtype under autocast, as unfused)
+            mm_dtype = s.dtype
+            s = s.float() if out is None else out.copy_(s)
+        q_mm, c_mm = query.to(mm_dtype), cand.to(mm_dtype)
         value = value.to(s.dtype)
-        loss, aux = _loss_value(s, row, col, value, kind, eps)
-        grad = _loss_grad(s, row, col, value, kind, eps, aux, inplace=True).to(q_mm.dtype)
+        if kind == "ce":
+            loss, grad = _ce_loss_and_grad_(s, row, col, value, eps)
+        else:
+            loss, aux = _loss_value(s, row, col, value, kind, eps)
+            grad = _loss_grad(s, row, col, value, kind, eps, aux, inplace=True)
+        grad = grad.to(q_mm.dtype)
         # the backward's products, done now, so that no [B, N] tensor outlives forward
-        ctx.save_for_backward((grad @ c_mm).to(query.dtype), (grad.t() @ q_mm).to(cand.dtype))
+        # (G^T Q computed as (Q^T G)^T: the kernel for a transposed [B, N] left operand is
+        # slower than the copy of the [d, N] result)
+        ctx.save_for_backward((grad @ c_mm).to(query.dtype),
+                              (q_mm.t() @ grad).t().contiguous().to(cand.dtype))
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor):
         grad_query, grad_cand = ctx.saved_tensors
-        return (grad_query * grad_out, grad_cand * grad_out, None, None, None, None, None)
+        return (grad_query * grad_out, grad_cand * grad_out, None, None, None, None, None, None)
 
 
 def one_to_n_loss(score: Tensor, target: Tensor, loss: str = "ce",
@@ -151,7 +197,7 @@ def one_to_n_loss(score: Tensor, target: Tensor, loss: str = "ce",
 
 
 def linear_one_to_n_loss(query: Tensor, cand: Tensor, target: Tensor, loss: str = "ce",
-                         label_smoothing: float = 0.0) -> Tensor:
+                         label_smoothing: float = 0.0, out: Optional[Tensor] = None) -> Tensor:
     r"""``one_to_n_loss(query @ cand.t(), target, ...)`` with the same value and gradients,
     without a ``[B, N]`` tensor outliving the call: the forward pass computes the scores,
     the loss, :math:`\mathbf{G} = \partial\ell/\partial\mathbf{S}` in the same buffer, and
@@ -164,6 +210,9 @@ def linear_one_to_n_loss(query: Tensor, cand: Tensor, target: Tensor, loss: str 
         query (Tensor): ``[B, d]`` queries :math:`\mathbf{Q}`.
         cand (Tensor): ``[N, d]`` candidate embeddings :math:`\mathbf{C}`.
         target, loss, label_smoothing: As in :func:`one_to_n_loss`.
+        out (Tensor, optional): A float32 ``[B, N]`` scratch buffer for the scores and their
+            gradient (overwritten; its contents mean nothing afterwards). Several losses of
+            one step can share one buffer: each is done with it when it returns.
     """
     _check(loss, label_smoothing)
     shape = (query.size(0), cand.size(0))
@@ -172,8 +221,13 @@ def linear_one_to_n_loss(query: Tensor, cand: Tensor, target: Tensor, loss: str 
                          f"{tuple(cand.shape)}")
     if tuple(target.shape) != shape:
         raise ValueError(f"target must have shape {shape}, got {tuple(target.shape)}")
+    if out is not None and (tuple(out.shape) != shape or out.dtype != torch.float32
+                            or out.device != query.device):
+        raise ValueError(f"out must be a float32 tensor of shape {shape} on {query.device}, "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
     row, col, value = sparse_rows(target.to(query.device))
-    return _LinearOneToNLoss.apply(query, cand, row, col, value, loss, float(label_smoothing))
+    return _LinearOneToNLoss.apply(query, cand, row, col, value, loss, float(label_smoothing),
+                                   out)
 
 
 def _check(loss: str, label_smoothing: float) -> None:

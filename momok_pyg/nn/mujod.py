@@ -362,8 +362,12 @@ class MuJoD(torch.nn.Module):
         modality's scores, loss and score gradient live only inside
         :func:`~momok_pyg.nn.loss.linear_one_to_n_loss`). The training step's path."""
         q, weights = self.queries(heads, rel)
+        # one [B, N] scratch buffer for all modalities' scores and score gradients
+        first = q[self.score_modalities[0]]
+        scratch = torch.empty(first.size(0), candidates[self.score_modalities[0]].size(0),
+                              device=first.device)
         loss = sum(linear_one_to_n_loss(q[m], candidates[m], target, self.loss_type,
-                                        self.label_smoothing)
+                                        self.label_smoothing, out=scratch)
                    for m in self.score_modalities)
         return loss, weights
 
