@@ -221,13 +221,20 @@ def linear_one_to_n_loss(query: Tensor, cand: Tensor, target: Tensor, loss: str 
                          f"{tuple(cand.shape)}")
     if tuple(target.shape) != shape:
         raise ValueError(f"target must have shape {shape}, got {tuple(target.shape)}")
-    if out is not None and (tuple(out.shape) != shape or out.dtype != torch.float32
-                            or out.device != query.device):
-        raise ValueError(f"out must be a float32 tensor of shape {shape} on {query.device}, "
-                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+    check_out_buffer(out, shape, query.device)
     row, col, value = sparse_rows(target.to(query.device))
     return _LinearOneToNLoss.apply(query, cand, row, col, value, loss, float(label_smoothing),
                                    out)
+
+
+def check_out_buffer(out: Optional[Tensor], shape: Tuple[int, int],
+                     device: torch.device) -> None:
+    r"""Raises unless :obj:`out` is :obj:`None` or a float32 tensor of :obj:`shape` on
+    :obj:`device` (the ``out=`` scores buffers of the loss and of evaluation)."""
+    if out is not None and (tuple(out.shape) != tuple(shape) or out.dtype != torch.float32
+                            or out.device != device):
+        raise ValueError(f"out must be a float32 tensor of shape {tuple(shape)} on {device}, "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
 
 
 def _check(loss: str, label_smoothing: float) -> None:

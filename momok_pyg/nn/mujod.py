@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import ModuleDict, Parameter, ParameterDict
 
-from .loss import LOSSES, linear_one_to_n_loss, one_to_n_loss
+from .loss import LOSSES, check_out_buffer, linear_one_to_n_loss, one_to_n_loss
 from .tucker import TuckerScorer
 from .tucker_dropout import draw_keep_masks, keep_probability
 
@@ -392,11 +392,8 @@ class MuJoD(torch.nn.Module):
         decision into (and return): an evaluation loop reusing one buffer saves a fresh
         ``[B, N]`` allocation, i.e. its page faults, per batch."""
         modalities = self.check_modalities(modalities)
-        if out is not None:
-            shape = (q[modalities[0]].size(0), candidates[modalities[0]].size(0))
-            if tuple(out.shape) != shape or out.dtype != torch.float32:
-                raise ValueError(f"out must be a float32 tensor of shape {shape}, got "
-                                 f"{out.dtype} {tuple(out.shape)}")
+        first = q[modalities[0]]
+        check_out_buffer(out, (first.size(0), candidates[modalities[0]].size(0)), first.device)
         if self.aggregate_type == "sum":
             qs = torch.cat([q[m] for m in modalities], dim=1)
             key = tuple(modalities)
