@@ -177,7 +177,8 @@ def filtered_ranks(scores: Tensor, target: Tensor, batch_idx: Tensor, entity_idx
     # On CPU, blocks of rows keep the [rows, N] temporaries in cache (~4x faster than one pass).
     rows = scores.size(0) if scores.device.type != "cpu" else max(1, _CPU_BLOCK // num_entities)
     totals = []
-    buf = scores.new_empty(min(rows, scores.size(0)), num_entities)  # reused by every block
+    buf = (scores.new_empty(min(rows, scores.size(0)), num_entities)  # reused by every block
+           if tie == "realistic" and finite else None)
     for block, block_t in zip(scores.split(rows), s_t.split(rows)):
         if tie == "realistic" and finite:
             sign = torch.sub(block, block_t, out=buf[:block.size(0)]).sign_()

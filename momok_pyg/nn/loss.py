@@ -148,14 +148,8 @@ class _LinearOneToNLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, query: Tensor, cand: Tensor, row: Tensor, col: Tensor,
                 value: Tensor, kind: str, eps: float, out: Optional[Tensor]) -> Tensor:
-        if (out is not None and query.dtype == cand.dtype == out.dtype
-                and not torch.is_autocast_enabled(query.device.type)):
-            s = torch.mm(query, cand.t(), out=out)
-            mm_dtype = s.dtype
-        else:
-            s = query @ cand.t()  # (runs in the autocast dtype under autocast, as unfused)
-            mm_dtype = s.dtype
-            s = s.float() if out is None else out.copy_(s)
+        # (the product runs in the autocast dtype under autocast, as unfused)
+        s, mm_dtype = product_into(query, cand.t(), out)
         q_mm, c_mm = query.to(mm_dtype), cand.to(mm_dtype)
         value = value.to(s.dtype)
         if kind == "ce":
@@ -225,6 +219,19 @@ def linear_one_to_n_loss(query: Tensor, cand: Tensor, target: Tensor, loss: str 
     row, col, value = sparse_rows(target.to(query.device))
     return _LinearOneToNLoss.apply(query, cand, row, col, value, loss, float(label_smoothing),
                                    out)
+
+
+def product_into(a: Tensor, b: Tensor, out: Optional[Tensor]) -> Tuple[Tensor, torch.dtype]:
+    r"""``(a @ b as float32, the dtype the product ran in)``, written into :obj:`out` when
+    given: by ``torch.mm(out=)`` where that computes what ``a @ b`` would (same dtypes, no
+    autocast, no gradient wanted), otherwise computed and copied in."""
+    direct = (out is not None and a.dtype == b.dtype == out.dtype
+              and not torch.is_autocast_enabled(a.device.type)
+              and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)))
+    if direct:
+        return torch.mm(a, b, out=out), out.dtype
+    s = a @ b
+    return (s.float() if out is None else out.copy_(s)), s.dtype
 
 
 def check_out_buffer(out: Optional[Tensor], shape: Tuple[int, int],

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 from torch.nn import ModuleDict, Parameter, ParameterDict
 
-from .loss import LOSSES, check_out_buffer, linear_one_to_n_loss, one_to_n_loss
+from .loss import (LOSSES, check_out_buffer, linear_one_to_n_loss, one_to_n_loss,
+                   product_into)
 from .tucker import TuckerScorer
 from .tucker_dropout import draw_keep_masks, keep_probability
 
@@ -402,13 +403,8 @@ class MuJoD(torch.nn.Module):
                 cs = torch.cat([candidates[m] for m in modalities], dim=1)
                 if concat is not None:
                     concat[key] = cs
-            grad = torch.is_grad_enabled() and (qs.requires_grad or cs.requires_grad)
-            if out is not None and out.dtype == qs.dtype == cs.dtype and not grad:
-                return torch.mm(qs, cs.t(), out=out)
-            scores = (qs @ cs.t()).float()
-        else:
-            scores = self.aggregate({m: q[m] @ candidates[m].t() for m in modalities},
-                                    modalities)
+            return product_into(qs, cs.t(), out)[0]
+        scores = self.aggregate({m: q[m] @ candidates[m].t() for m in modalities}, modalities)
         return scores if out is None else out.copy_(scores)
 
     def loss(self, scores: Mapping[str, Tensor], target: Tensor) -> Tensor:
