@@ -324,6 +324,39 @@ def test_fusion_training_values_and_gradients_match_plain_autograd():
         torch.testing.assert_close(a, b)
 
 
+def _fusion_run(fu, xs, seed):
+    torch.manual_seed(seed)
+    fused, w = fu(xs)
+    wf, ww = torch.randn_like(fused), torch.randn_like(w)
+    inputs = list(xs.values()) + list(fu.parameters())
+    grads = torch.autograd.grad((fused * wf).sum() + (w * ww).sum(), inputs)
+    return (fused, w) + grads
+
+
+def test_fusion_dropout_keeps_no_input_sized_tensor_and_eager_matches_fused(monkeypatch):
+    """The fusion's input-dropout masks are recomputed from one seed per modality: nothing
+    of the dropped inputs' size ``H n d`` (float or boolean) is saved for backward; the
+    eager kernels (``MOMOK_PYG_COMPILE=0``) give the same values and gradients."""
+    torch.manual_seed(0)
+    heads, n, d, out = 2, 40, 24, 3
+    fu = ModalityFusion({"a": d, "b": d}, out, heads=heads, dropout=0.3).train()
+    xs = {m: torch.randn(n, d, requires_grad=True) for m in "ab"}
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fused = _fusion_run(fu, xs, 5)
+    assert max(saved) < heads * n * d
+    monkeypatch.setenv("MOMOK_PYG_COMPILE", "0")
+    eager = _fusion_run(fu, xs, 5)
+    for a, b in zip(fused, eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(eager[0], _fusion_run(fu, xs, 6)[0])  # a new seed, new masks
+
+
 @pytest.mark.parametrize("fusion", ["attention", "mean"])
 @pytest.mark.parametrize("dropout", [0.25, 0.0])
 def test_fusion_gradcheck_through_both_outputs(fusion, dropout):

@@ -2,7 +2,7 @@ r"""Multi-modal joint decision, MuJoD (paper Eq. 3-6)."""
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -11,30 +11,105 @@ from torch.nn import ModuleDict, Parameter, ParameterDict
 from .loss import (LOSSES, check_out_buffer, linear_one_to_n_loss, one_to_n_loss,
                    product_into)
 from .tucker import TuckerScorer
-from .tucker_dropout import draw_keep_masks, keep_probability
+from .tucker_dropout import (compile_enabled, flat_keep_masks, keep_masks, keep_probability,
+                             keep_threshold, run_compiled)
 
 JOINT = "joint"
 FUSIONS = ("attention", "mean")
 AGGREGATES = ("sum", "mean_sigmoid")
 
 
-def _dropped(x: Tensor, mask: Optional[Tensor], scale: float) -> Tensor:
-    r"""``x`` ``[n, d]`` under the keep-mask ``mask`` (``[H, n, d]`` for all heads or ``[n, d]``
-    for one), scaled by ``scale``; ``x`` itself when no mask."""
-    if mask is None:
-        return x
-    return torch.where(mask, x * scale, torch.zeros((), dtype=x.dtype, device=x.device))
+# The fused kernels of the fusion's input dropout. Each runs as one torch.compile (Inductor)
+# loop where a compiler is available (see _fused_or_eager); the masks are counter-based
+# (tucker_dropout.keep_masks: entry (h, i, j) of [H, n, d] has the counter (h n + i) d + j),
+# recomputed in registers and never stored.
+def _dropped_heads_kernel(x: Tensor, seed: Tensor, heads: int, threshold: int,
+                          scale: float) -> Tensor:
+    # [H, n, d]: head h's dropped copy of x, times scale
+    keep = keep_masks(seed, seed.new_zeros(()), heads, tuple(x.shape), threshold)
+    return torch.where(keep, x * scale, 0.0)
 
 
-def _projected(x: Tensor, w: Tensor, b: Tensor, mask: Optional[Tensor],
+def _dropped_heads_eager(x: Tensor, seed: Tensor, heads: int, threshold: int,
+                         scale: float) -> Tensor:
+    keep = flat_keep_masks(seed, (heads, ) + tuple(x.shape), threshold)
+    return torch.where(keep, x * scale, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _masked_head_sum_kernel(t: Tensor, seed: Tensor, threshold: int, scale: float) -> Tensor:
+    # sum_h D_h ⊙ t_h * scale, [H, n, d] -> [n, d]: the input gradient of _dropped_heads_kernel
+    keep = keep_masks(seed, seed.new_zeros(()), t.size(0), tuple(t.shape[1:]), threshold)
+    return torch.where(keep, t, 0.0).sum(0) * scale
+
+
+def _masked_head_sum_eager(t: Tensor, seed: Tensor, threshold: int, scale: float) -> Tensor:
+    keep = flat_keep_masks(seed, tuple(t.shape), threshold)
+    return torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device)).sum(0) * scale
+
+
+def _projection_grad_kernel(g: Tensor, alpha: Tensor, dl: Optional[Tensor],
+                            attn: Optional[Tensor], p: Tensor,
+                            entity_dim: int) -> Tuple[Tensor, Tensor]:
+    # dL/d(pre-ReLU projections) of one modality and its bias gradient (the sum over the
+    # entity dimension); the arguments come broadcastable in either layout of p
+    grad = g * alpha
+    if dl is not None:
+        grad = grad + dl * attn
+    grad = torch.where(p > 0, grad, 0.0)
+    return grad, grad.sum(dim=entity_dim, keepdim=True)
+
+
+def _row_dots_kernel(p: Tensor, g: Tensor) -> Tensor:
+    # (p * g).sum(-1): [H, n, o] x [n, o] -> [H, n], without the [H, n, o] product
+    return (p * g).sum(-1)
+
+
+def _fused_or_eager(kernel: Callable, *args, eager: Optional[Callable] = None):
+    r"""``kernel(*args)`` as one compiled kernel when fused kernels are enabled and compile
+    (:func:`~momok_pyg.nn.tucker_dropout.run_compiled`), else ``eager(*args)`` (default:
+    ``kernel`` itself run eagerly), which computes the same values."""
+    if compile_enabled():
+        out = run_compiled(kernel, *args)
+        if out is not None:
+            return out
+    return (eager or kernel)(*args)
+
+
+def _dropped_heads(x: Tensor, seed: Tensor, heads: int, threshold: int,
+                   scale: float) -> Tensor:
+    r""":math:`\mathrm{drop}_h(\mathbf{x})` of every head, ``[H, n, d]``: ``x`` ``[n, d]`` times
+    the counter-based keep masks of ``seed`` (:func:`head_dropout_masks`), times ``scale``."""
+    return _fused_or_eager(_dropped_heads_kernel, x, seed, heads, threshold, scale,
+                           eager=_dropped_heads_eager)
+
+
+def _masked_head_sum(t: Tensor, seed: Tensor, threshold: int, scale: float) -> Tensor:
+    r""":math:`\sum_h \mathbf{D}_h \odot \mathbf{t}_h \cdot` ``scale`` of ``t`` ``[H, n, d]``
+    under the masks of :func:`_dropped_heads` (the gradient of its input)."""
+    return _fused_or_eager(_masked_head_sum_kernel, t, seed, threshold, scale,
+                           eager=_masked_head_sum_eager)
+
+
+def _projected(x: Tensor, w: Tensor, b: Tensor, seed: Optional[Tensor], threshold: int,
                scale: float) -> Tensor:
     r""":math:`\mathrm{ReLU}(\mathrm{drop}_h(\mathbf{x})\mathbf{W}_h + \mathbf{b}_h)` of all
-    heads, ``[H, n, o]``. Without a mask every head sees the same ``x``: then one
+    heads, ``[H, n, o]``.
+
+    With dropout (``seed``) it is computed transposed, :math:`\mathbf{P}_h^\top =
+    \mathbf{W}_h^\top \mathrm{drop}_h(\mathbf{x})^\top`, and returned as a ``[H, n, o]``
+    view of the ``[H, o, n]`` result: the product's long output dimension is then the
+    entities' (``n``), which MKL runs about 1.5x faster than an ``[n, 300]`` output on this
+    AVX-512 CPU (``d = 300`` is not a multiple of its 16-float vectors); the backward pass
+    works in the same layout. Without dropout every head sees the same ``x``, and one
     ``[n, d] @ [d, H o]`` product (a strided ``[H, n, o]`` view of it) replaces the batched
     product over ``x`` expanded ``H`` times, which copies it and runs a slower kernel."""
     heads, out_dim = w.size(0), w.size(-1)
-    if mask is not None or heads == 1:
-        return torch.baddbmm(b, _dropped(x, mask, scale).expand(heads, -1, -1), w).relu_()
+    if seed is not None:
+        xd = _dropped_heads(x, seed, heads, threshold, scale)
+        return torch.baddbmm(b.transpose(1, 2), w.transpose(1, 2),
+                             xd.transpose(1, 2)).relu_().transpose(1, 2)
+    if heads == 1:
+        return torch.baddbmm(b, x.unsqueeze(0), w).relu_()
     w_all = w.permute(1, 0, 2).reshape(w.size(1), heads * out_dim)
     out = torch.addmm(b.reshape(1, heads * out_dim), x, w_all).relu_()
     return out.view(x.size(0), heads, out_dim).transpose(0, 1)
@@ -42,10 +117,22 @@ def _projected(x: Tensor, w: Tensor, b: Tensor, mask: Optional[Tensor],
 
 def _scored(p: Tensor, a: Tensor) -> Tensor:
     r""":math:`\mathbf{P}\mathbf{a}` ``[H, n]`` of ``p`` ``[H, n, o]``; a ``p`` laid out
-    ``[n, H, o]`` (from :func:`_projected`) is multiplied in that layout, without a copy."""
+    ``[n, H, o]`` or ``[H, o, n]`` (from :func:`_projected`) is multiplied in that layout,
+    without a copy."""
     if p.transpose(0, 1).is_contiguous():
         return (p.transpose(0, 1) @ a).t()
+    if p.transpose(1, 2).is_contiguous():  # [H, 1, o] @ [H, o, n]
+        return torch.bmm(a.view(1, 1, -1).expand(p.size(0), 1, -1),
+                         p.transpose(1, 2)).squeeze(1)
     return p @ a
+
+
+def _weighted_rows(p: Tensor, w: Tensor) -> Tensor:
+    r""":math:`\sum_{h,i} w_{h,i} \mathbf{p}_{h,i}` ``[o]`` of ``p`` ``[H, n, o]`` and ``w``
+    ``[H, n]`` (the attention vector's gradient), in ``p``'s layout, without a copy."""
+    if p.transpose(1, 2).is_contiguous():  # [H, o, n] @ [H, n, 1]
+        return torch.bmm(p.transpose(1, 2), w.unsqueeze(-1)).sum(0).squeeze(-1)
+    return p.reshape(-1, p.size(-1)).t() @ w.reshape(-1)
 
 
 def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -60,17 +147,22 @@ class _AttentionFusion(torch.autograd.Function):
     \mathbf{w})` (or :math:`1/M`), output :math:`\sum_{h,m} \alpha_{h,m} \mathbf{P}_{h,m}`
     and the head-mean of :math:`\alpha`.
 
-    It saves the inputs, the boolean masks, :math:`\alpha` and the projections only, and its
-    backward finishes one modality (attention, ReLU and projection gradients in one buffer)
-    before starting the next, so at most one ``[H, n, o]`` gradient is alive; plain autograd
-    keeps every modality's projection gradient, their accumulation and the dropped
+    It saves the inputs, one 64-bit dropout seed per modality, :math:`\alpha` and the
+    projections only: the dropout masks are counter-based (:func:`head_dropout_masks`), so the
+    backward pass recomputes the dropped inputs in one fused kernel instead of keeping them
+    or their masks. The backward finishes one modality (attention, ReLU and projection
+    gradients in one buffer, both heads' weight and input gradients in one batched product
+    each) before starting the next, so at most one ``[H, n, o]`` gradient is alive; plain
+    autograd keeps every modality's projection gradient, their accumulation and the dropped
     ``[H, n, d]`` inputs at once. With ``torch.autocast`` the products run in the autocast
     dtype, as they would outside this function."""
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")
-    def forward(ctx, scale: float, attn: Optional[Tensor], *flat: Optional[Tensor]):
-        xs, ws, bs, masks = flat[0::4], flat[1::4], flat[2::4], flat[3::4]
-        proj = [_projected(x, w, b, mask, scale) for x, w, b, mask in zip(xs, ws, bs, masks)]
+    def forward(ctx, threshold: int, scale: float, attn: Optional[Tensor],
+                *flat: Optional[Tensor]):
+        xs, ws, bs, seeds = flat[0::4], flat[1::4], flat[2::4], flat[3::4]
+        proj = [_projected(x, w, b, seed, threshold, scale)
+                for x, w, b, seed in zip(xs, ws, bs, seeds)]
         num_m, dtype = len(proj), proj[0].dtype
         if attn is None:
             alpha = torch.full(proj[0].shape[:2] + (num_m, ), 1.0 / num_m,
@@ -82,61 +174,92 @@ class _AttentionFusion(torch.autograd.Function):
         fused = proj[0] * alpha_c[..., 0:1]
         for i in range(1, num_m):
             fused.addcmul_(proj[i], alpha_c[..., i:i + 1])
-        ctx.scale, ctx.num_m = scale, num_m
-        ctx.save_for_backward(attn, alpha, *xs, *ws, *masks, *proj)
+        ctx.threshold, ctx.scale, ctx.num_m = threshold, scale, num_m
+        ctx.save_for_backward(attn, alpha, *xs, *ws, *seeds, *proj)
         return fused.sum(0), alpha.mean(dim=0)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_fused: Tensor, grad_weights: Optional[Tensor]):
         attn, alpha, *rest = ctx.saved_tensors
-        num_m, scale = ctx.num_m, ctx.scale
+        num_m, threshold, scale = ctx.num_m, ctx.threshold, ctx.scale
         xs, ws = rest[:num_m], rest[num_m:2 * num_m]
-        masks, proj = rest[2 * num_m:3 * num_m], rest[3 * num_m:]
+        seeds, proj = rest[2 * num_m:3 * num_m], rest[3 * num_m:]
         heads, dtype = alpha.size(0), proj[0].dtype
         g = grad_fused.to(dtype)
         alpha_c = alpha.to(dtype)
         dl = grad_attn = None
         if attn is not None:  # softmax backward: dl = alpha * (dalpha - sum_j alpha_j dalpha_j)
-            dalpha = torch.stack([(p * g).sum(-1) for p in proj], dim=-1).to(alpha.dtype)
+            dalpha = torch.stack([_fused_or_eager(_row_dots_kernel, p, g) for p in proj],
+                                 dim=-1).to(alpha.dtype)
             if grad_weights is not None:
                 dalpha = dalpha + grad_weights.unsqueeze(0) / heads
             dl = alpha * (dalpha - (alpha * dalpha).sum(-1, keepdim=True))
             grad_attn = torch.zeros(attn.shape, dtype=alpha.dtype, device=attn.device)
-        grads = []
+        grads, work = [], None
         for i in range(num_m):
-            x, w, mask, p = xs[i], ws[i], masks[i], proj[i]
-            grad_p = g.unsqueeze(0) * alpha_c[..., i:i + 1]  # [H, n, o]
+            x, w, seed, p = xs[i], ws[i], seeds[i], proj[i]
+            dl_i = None
             if dl is not None:
                 dl_i = dl[..., i]
-                grad_attn += p.reshape(-1, p.size(-1)).t().to(alpha.dtype) @ dl_i.reshape(-1)
-                grad_p.addcmul_(dl_i.unsqueeze(-1).to(dtype), attn.to(dtype))
-            grad_p.masked_fill_(p <= 0, 0)  # ReLU'
-            grad_b = grad_p.sum(dim=1, keepdim=True)
-            grad_w = torch.empty(w.shape, dtype=dtype, device=w.device)
-            grad_x = (torch.zeros(x.shape, dtype=dtype, device=x.device)
-                      if ctx.needs_input_grad[2 + 4 * i] else None)
-            for h in range(heads):  # one head at a time: no [H, n, d] temporary
-                xh = _dropped(x, None if mask is None else mask[h], scale)
-                torch.mm(xh.to(dtype).t(), grad_p[h], out=grad_w[h])
-                if grad_x is not None:
-                    gx = grad_p[h] @ w[h].to(dtype).t()
-                    if mask is not None:
-                        gx.mul_(mask[h]).mul_(scale)
-                    grad_x += gx
-            del grad_p
+                grad_attn += _weighted_rows(p.to(alpha.dtype), dl_i)
+                dl_i = dl_i.to(dtype)
+            a_i = None if attn is None else attn.to(dtype)
+            want_x = ctx.needs_input_grad[3 + 4 * i]
+            if seed is not None:  # P^T layout (see _projected); dropped inputs recomputed
+                # one pass: attention and fusion-weight terms, ReLU', bias gradient; [H, o, n]
+                grad_pt, grad_b = _fused_or_eager(
+                    _projection_grad_kernel, g.t(), alpha_c[..., i].unsqueeze(1),
+                    None if dl_i is None else dl_i.unsqueeze(1),
+                    None if a_i is None else a_i.unsqueeze(-1), p.transpose(1, 2), 2)
+                grad_b = grad_b.transpose(1, 2)
+                xd = _dropped_heads(x, seed, heads, threshold, scale).to(dtype)
+                grad_w = torch.bmm(grad_pt, xd).transpose(1, 2)  # (G^T X_d)^T
+                del xd
+                if want_x:  # [H, d, n] products, reused across modalities
+                    if work is None or work.shape != (heads, w.size(1), x.size(0)):
+                        work = torch.empty(heads, w.size(1), x.size(0), dtype=dtype,
+                                           device=x.device)
+                    torch.bmm(w.to(dtype), grad_pt, out=work)
+                    grad_x = _masked_head_sum(work.transpose(1, 2), seed, threshold, scale)
+                else:
+                    grad_x = None
+                del grad_pt
+            else:  # every head sees x itself
+                grad_p, grad_b = _fused_or_eager(
+                    _projection_grad_kernel, g, alpha_c[..., i].unsqueeze(-1),
+                    None if dl_i is None else dl_i.unsqueeze(-1), a_i, p, 1)
+                xt = x.to(dtype).t()
+                grad_w = torch.stack([xt @ grad_p[h] for h in range(heads)])
+                grad_x = (sum(grad_p[h] @ w[h].to(dtype).t() for h in range(heads))
+                          if want_x else None)
+                del grad_p
             grads += [None if grad_x is None else grad_x.to(x.dtype), grad_w.to(w.dtype),
                       grad_b.to(w.dtype), None]
-        return (None, None if grad_attn is None else grad_attn.to(attn.dtype), *grads)
+        return (None, None, None if grad_attn is None else grad_attn.to(attn.dtype),
+                *grads)
+
+
+def head_dropout_seed(x: Tensor, p: float, training: bool) -> Optional[Tensor]:
+    r"""A fresh 64-bit seed (from the global generator) of :class:`ModalityFusion`'s input
+    dropout of ``x``, :obj:`None` when no dropout applies."""
+    if not training or p == 0.0:
+        return None
+    return torch.empty((), dtype=torch.int64).random_().to(x.device)
 
 
 def head_dropout_masks(heads: int, x: Tensor, p: float, training: bool) -> Optional[Tensor]:
-    r"""Boolean keep-masks ``[H, n, d]`` (keep probability :math:`1 - p`, see
-    :func:`~momok_pyg.nn.tucker_dropout.draw_keep_masks`) of :class:`ModalityFusion`'s input
-    dropout, :obj:`None` when no dropout applies."""
-    if not training or p == 0.0:
+    r"""The boolean keep masks ``[H, n, d]`` :class:`ModalityFusion` applies to ``x`` ``[n, d]``
+    when it draws the next seed (:func:`head_dropout_seed`) from the global generator;
+    :obj:`None` when no dropout applies. They are counter-based: entry :math:`(h, i, j)` is
+    kept iff a hash of the seed and of its position :math:`(h n + i) d + j` falls under the
+    keep threshold (:func:`~momok_pyg.nn.tucker_dropout.keep_masks`, keep probability
+    :func:`~momok_pyg.nn.tucker_dropout.keep_probability` :math:`\approx 1 - p`), so the
+    fusion recomputes them where they are needed instead of storing them."""
+    seed = head_dropout_seed(x, p, training)
+    if seed is None:
         return None
-    return draw_keep_masks((heads, ) + tuple(x.shape), p, device=x.device)
+    return flat_keep_masks(seed, (heads, ) + tuple(x.shape), keep_threshold(p))
 
 
 class ModalityFusion(torch.nn.Module):
@@ -197,12 +320,13 @@ class ModalityFusion(torch.nn.Module):
     def forward(self, xs: Mapping[str, Tensor]) -> Tuple[Tensor, Tensor]:
         r"""Fuses ``{m: [n, d_m]}`` into ``([n, out_dim], weights [n, M])``, the weights being
         :math:`\alpha` averaged over heads (columns in :attr:`modalities` order)."""
+        threshold = keep_threshold(self.dropout)
         scale = 1.0 / keep_probability(self.dropout) if self.training else 1.0
         flat: List[Optional[Tensor]] = []
-        for m in self.modalities:  # masks drawn in modality order
-            mask = head_dropout_masks(self.heads, xs[m], self.dropout, self.training)
-            flat += [xs[m], self.weight[m], self.bias[m], mask]
-        return _AttentionFusion.apply(scale, self.attn, *flat)
+        for m in self.modalities:  # seeds drawn in modality order
+            seed = head_dropout_seed(xs[m], self.dropout, self.training)
+            flat += [xs[m], self.weight[m], self.bias[m], seed]
+        return _AttentionFusion.apply(threshold, scale, self.attn, *flat)
 
     def extra_repr(self) -> str:
         return (f"{self.in_dims}, {self.out_dim}, "

@@ -129,7 +129,7 @@ def _fused_grad_w(xs: Tensor, gs: Tensor, row0: Tensor, seed: Tensor, threshold:
 
 
 _KERNELS = {"forward": _fused_forward, "grad_x": _fused_grad_x, "grad_w": _fused_grad_w}
-_COMPILED: Dict[str, Callable] = {}
+_COMPILED: Dict[Callable, Callable] = {}
 _COMPILE_FAILED = False
 
 
@@ -137,23 +137,48 @@ def _compile_default() -> bool:
     return os.environ.get("MOMOK_PYG_COMPILE", "1").lower() not in ("0", "false", "no")
 
 
-def _fused(name: str, *args) -> Optional[Tensor]:
-    r"""Runs kernel ``name`` as one :func:`torch.compile` (Inductor) loop, the masks computed
-    in registers and never stored; :obj:`None` if compilation failed (once, with a warning)."""
+def run_compiled(fn: Callable, *args) -> Optional[Tensor]:
+    r"""Runs ``fn(*args)`` as one :func:`torch.compile` (Inductor, dynamic shapes) kernel,
+    compiled once per function; :obj:`None` once compilation has failed (the first failure
+    gives a warning), so that the caller runs its eager version. Used by the fused dropout
+    kernels of this module and of :class:`~momok_pyg.nn.ModalityFusion`."""
     global _COMPILE_FAILED
     if _COMPILE_FAILED:
         return None
-    fn = _COMPILED.get(name)
-    if fn is None:
-        fn = _COMPILED[name] = torch.compile(_KERNELS[name], dynamic=True)
+    compiled = _COMPILED.get(fn)
+    if compiled is None:
+        compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True)
     try:
-        return fn(*args)
+        return compiled(*args)
     except Exception as err:  # no C++ compiler / Triton: the eager kernels take over
         _COMPILE_FAILED = True
-        warnings.warn(f"torch.compile of the per-sample dropout kernels failed ({err!r:.200}); "
+        warnings.warn(f"torch.compile of the fused dropout kernels failed ({err!r:.200}); "
                       "running them eagerly (slower). Set MOMOK_PYG_COMPILE=0 to skip the "
                       "attempt.")
         return None
+
+
+def compile_enabled() -> bool:
+    r"""Whether fused kernels are tried: :obj:`False` when the environment sets
+    ``MOMOK_PYG_COMPILE=0`` or a compilation has failed in this process."""
+    return _compile_default() and not _COMPILE_FAILED
+
+
+def _fused(name: str, *args) -> Optional[Tensor]:
+    r"""Runs kernel ``name`` as one :func:`torch.compile` (Inductor) loop, the masks computed
+    in registers and never stored; :obj:`None` if compilation failed (once, with a warning)."""
+    return run_compiled(_KERNELS[name], *args)
+
+
+def flat_keep_masks(seed: Tensor, shape: Tuple[int, ...], threshold: int) -> Tensor:
+    r"""Eager boolean keep masks of ``shape``: entry number :math:`c` (row-major) is kept iff
+    the 15 low bits of 16-bit lane :math:`c \bmod 4` of :func:`splitmix64`
+    :math:`(\lfloor c/4 \rfloor)` are below ``threshold``, as :func:`keep_masks` decides it
+    (a ``[rows, d, d']`` ``shape`` gives the masks of ``keep_masks(seed, 0, rows, (d, d'))``)."""
+    n = 1
+    for s in shape:
+        n *= s
+    return _keep_flat(seed, 0, n, threshold).view(shape)
 
 
 def _all_masks(seed: Tensor, rows: int, shape, threshold: int, chunk: int) -> Tensor:
