@@ -146,22 +146,22 @@ def test_fused_per_sample_dropout_stores_no_mask_and_matches_eager():
 
 
 def test_per_sample_dropout_falls_back_to_eager_when_compilation_fails(monkeypatch):
-    import momok_pyg.nn.tucker_dropout as td
+    import momok_pyg.nn.fused as fused
 
     def broken(fn, **kwargs):
         def run(*args):
             raise RuntimeError("no compiler here")
         return run
 
-    monkeypatch.setattr(td, "_COMPILED", {})
-    monkeypatch.setattr(td, "_COMPILE_FAILED", False)
+    monkeypatch.setattr(fused, "_COMPILED", {})
+    monkeypatch.setattr(fused, "_COMPILE_FAILED", False)
     monkeypatch.setattr(torch, "compile", broken)
     x, mats = torch.randn(9, 4), torch.randn(2, 4, 3)
     group = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1, 1])
     with pytest.warns(UserWarning, match="no compiler here"):
         out = per_sample_dropout_matmul(x, group, mats, 0.5,
                                         generator=torch.Generator().manual_seed(2))
-    assert td._COMPILE_FAILED
+    assert fused._COMPILE_FAILED
     ref = per_sample_dropout_matmul(x, group, mats, 0.5, compile=False,
                                     generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(out, ref)
@@ -394,6 +394,40 @@ def _fit_club(x_fn, steps=150):
     x, y = x_fn(2048)
     with torch.no_grad():
         return float(club(x, y))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("sample", [False, True])
+def test_club_fused_terms_equal_the_textbook_estimator(monkeypatch, sample, compiled):
+    """CLUB's fused element-wise terms (and their eager run) against the estimator written
+    from its definition over all [B, B] pairs: value and gradients, and the NLL."""
+    if not compiled:
+        monkeypatch.setenv("MOMOK_PYG_COMPILE", "0")
+    torch.manual_seed(0)
+    b = 32
+    club = CLUB(6, 5, hidden=4, sample=sample)
+    x, y = torch.randn(b, 6, requires_grad=True), torch.randn(b, 5, requires_grad=True)
+
+    def textbook():
+        mu, logvar = club.mu_logvar(x)
+        ll = -0.5 * ((mu.unsqueeze(1) - y.unsqueeze(0)) ** 2
+                     / logvar.exp().unsqueeze(1)).sum(-1)  # ll[i, j] = log q(y_j | x_i) + c
+        neg = ll[torch.arange(b), torch.randperm(b)] if sample else ll.mean(1)
+        return (ll.diagonal() - neg).mean()
+
+    def nll():
+        mu, logvar = club.mu_logvar(x)
+        return 0.5 * ((mu - y) ** 2 / logvar.exp() + logvar).sum(-1).mean()
+
+    inputs = [x, y] + list(club.parameters())
+    for ours, ref in ((club, textbook), (club.learning_loss, nll)):
+        torch.manual_seed(3)  # the same negatives
+        a = ours(x, y)
+        torch.manual_seed(3)
+        r = ref()
+        torch.testing.assert_close(a, r)
+        for ga, gr in zip(torch.autograd.grad(a, inputs), torch.autograd.grad(r, inputs)):
+            torch.testing.assert_close(ga, gr)
 
 
 def test_club_near_zero_for_independent_and_positive_for_dependent():

@@ -10,7 +10,27 @@ from torch import Tensor
 from torch.func import functional_call
 from torch.nn import Linear, ModuleDict, ReLU, Sequential, Tanh
 
+from .fused import fused_or_eager
+
 PAIRS = ("all", "random")
+
+
+def _club_gap(mu: Tensor, raw_logvar: Tensor, y: Tensor, y_neg: Optional[Tensor]) -> Tensor:
+    # mean_b [log q(y_b | x_b) - log-likelihood of the negatives] from mu and the log-variance
+    # before its tanh; negatives: y_neg (sampled) or the closed-form mean over the batch
+    inv_var = torch.exp(-torch.tanh(raw_logvar))
+    positive = ((mu - y) ** 2 * inv_var).sum(-1)
+    if y_neg is None:
+        negative = ((mu * mu - 2 * mu * y.mean(0) + (y * y).mean(0)) * inv_var).sum(-1)
+    else:
+        negative = ((mu - y_neg) ** 2 * inv_var).sum(-1)
+    return 0.5 * (negative - positive).mean()
+
+
+def _gaussian_nll(mu: Tensor, raw_logvar: Tensor, y: Tensor) -> Tensor:
+    # mean_b -log q(y_b | x_b) + const, the log-variance given before its tanh
+    logvar = torch.tanh(raw_logvar)
+    return 0.5 * ((mu - y) ** 2 * torch.exp(-logvar) + logvar).sum(-1).mean()
 
 
 class CLUB(torch.nn.Module):
@@ -58,30 +78,28 @@ class CLUB(torch.nn.Module):
     def mu_logvar(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         return self.mu(x), self.logvar(x)
 
+    def _mu_raw_logvar(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        # the log-variance before its final tanh (applied inside the fused CLUB terms)
+        return self.mu(x), self.logvar[:-1](x)
+
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         r"""The CLUB estimate :math:`\hat{I}(\mathbf{x}; \mathbf{y})` (scalar) for paired
-        samples ``x`` ``[B, x_dim]`` and ``y`` ``[B, y_dim]``."""
+        samples ``x`` ``[B, x_dim]`` and ``y`` ``[B, y_dim]``. The element-wise terms run as one
+        fused kernel (:mod:`momok_pyg.nn.fused`)."""
         x, y = x.float(), y.float()
-        mu, logvar = self.mu_logvar(x)
-        inv_var = torch.exp(-logvar)
-        positive = -0.5 * ((mu - y) ** 2 * inv_var).sum(-1)
-        if self.sample:
-            perm = torch.randperm(y.size(0), device=y.device)
-            negative = -0.5 * ((mu - y[perm]) ** 2 * inv_var).sum(-1)
-        else:
-            y_mean, y2_mean = y.mean(0), (y * y).mean(0)
-            negative = -0.5 * ((mu * mu - 2 * mu * y_mean + y2_mean) * inv_var).sum(-1)
-        return (positive - negative).mean()
+        mu, raw_logvar = self._mu_raw_logvar(x)
+        y_neg = y[torch.randperm(y.size(0), device=y.device)] if self.sample else None
+        return fused_or_eager(_club_gap, mu, raw_logvar, y, y_neg)
 
     def log_likelihood(self, x: Tensor, y: Tensor) -> Tensor:
         r"""Mean :math:`\log q_\theta(\mathbf{y}_b \mid \mathbf{x}_b)` up to the constant
         :math:`-\frac{d}{2}\log 2\pi`."""
-        mu, logvar = self.mu_logvar(x.float())
-        return (-0.5 * ((mu - y.float()) ** 2 * torch.exp(-logvar) + logvar)).sum(-1).mean()
+        return -self.learning_loss(x, y)
 
     def learning_loss(self, x: Tensor, y: Tensor) -> Tensor:
         r"""Negative log-likelihood to minimise w.r.t. :math:`\theta`."""
-        return -self.log_likelihood(x, y)
+        mu, raw_logvar = self._mu_raw_logvar(x.float())
+        return fused_or_eager(_gaussian_nll, mu, raw_logvar, y.float())
 
     def extra_repr(self) -> str:
         return (f"{self.x_dim}, {self.y_dim}, hidden={self.hidden}, "
@@ -176,12 +194,12 @@ class ExID(torch.nn.Module):
         pairs = self._pairs()
         total = []
         for m in self.dims:
-            v = views[m]
+            v = views[m].unbind(1)  # one gradient buffer for all experts (not one per use)
             per_pair = []
             for i, j in pairs:
                 club = self._estimator(m, i, j)
                 params = {k: p.detach() for k, p in club.named_parameters()}
-                per_pair.append(functional_call(club, params, (v[:, i], v[:, j])))
+                per_pair.append(functional_call(club, params, (v[i], v[j])))
             total.append(torch.stack(per_pair).mean())
         return torch.stack(total).mean()
 
@@ -192,9 +210,9 @@ class ExID(torch.nn.Module):
         pairs = self._pairs()
         total = []
         for m in self.dims:
-            v = views[m].detach()
+            v = views[m].detach().unbind(1)
             total.append(torch.stack([
-                self._estimator(m, i, j).learning_loss(v[:, i], v[:, j]) for i, j in pairs
+                self._estimator(m, i, j).learning_loss(v[i], v[j]) for i, j in pairs
             ]).mean())
         return torch.stack(total).mean()
 

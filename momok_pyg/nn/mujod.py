@@ -2,7 +2,7 @@ r"""Multi-modal joint decision, MuJoD (paper Eq. 3-6)."""
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -11,8 +11,8 @@ from torch.nn import ModuleDict, Parameter, ParameterDict
 from .loss import (LOSSES, check_out_buffer, linear_one_to_n_loss, one_to_n_loss,
                    product_into)
 from .tucker import TuckerScorer
-from .tucker_dropout import (compile_enabled, flat_keep_masks, keep_masks, keep_probability,
-                             keep_threshold, run_compiled)
+from .fused import fused_or_eager
+from .tucker_dropout import flat_keep_masks, keep_masks, keep_probability, keep_threshold
 
 JOINT = "joint"
 FUSIONS = ("attention", "mean")
@@ -20,7 +20,7 @@ AGGREGATES = ("sum", "mean_sigmoid")
 
 
 # The fused kernels of the fusion's input dropout. Each runs as one torch.compile (Inductor)
-# loop where a compiler is available (see _fused_or_eager); the masks are counter-based
+# loop where a compiler is available (nn.fused.fused_or_eager); the masks are counter-based
 # (tucker_dropout.keep_masks: entry (h, i, j) of [H, n, d] has the counter (h n + i) d + j),
 # recomputed in registers and never stored.
 def _dropped_heads_kernel(x: Tensor, seed: Tensor, heads: int, threshold: int,
@@ -64,29 +64,18 @@ def _row_dots_kernel(p: Tensor, g: Tensor) -> Tensor:
     return (p * g).sum(-1)
 
 
-def _fused_or_eager(kernel: Callable, *args, eager: Optional[Callable] = None):
-    r"""``kernel(*args)`` as one compiled kernel when fused kernels are enabled and compile
-    (:func:`~momok_pyg.nn.tucker_dropout.run_compiled`), else ``eager(*args)`` (default:
-    ``kernel`` itself run eagerly), which computes the same values."""
-    if compile_enabled():
-        out = run_compiled(kernel, *args)
-        if out is not None:
-            return out
-    return (eager or kernel)(*args)
-
-
 def _dropped_heads(x: Tensor, seed: Tensor, heads: int, threshold: int,
                    scale: float) -> Tensor:
     r""":math:`\mathrm{drop}_h(\mathbf{x})` of every head, ``[H, n, d]``: ``x`` ``[n, d]`` times
     the counter-based keep masks of ``seed`` (:func:`head_dropout_masks`), times ``scale``."""
-    return _fused_or_eager(_dropped_heads_kernel, x, seed, heads, threshold, scale,
+    return fused_or_eager(_dropped_heads_kernel, x, seed, heads, threshold, scale,
                            eager=_dropped_heads_eager)
 
 
 def _masked_head_sum(t: Tensor, seed: Tensor, threshold: int, scale: float) -> Tensor:
     r""":math:`\sum_h \mathbf{D}_h \odot \mathbf{t}_h \cdot` ``scale`` of ``t`` ``[H, n, d]``
     under the masks of :func:`_dropped_heads` (the gradient of its input)."""
-    return _fused_or_eager(_masked_head_sum_kernel, t, seed, threshold, scale,
+    return fused_or_eager(_masked_head_sum_kernel, t, seed, threshold, scale,
                            eager=_masked_head_sum_eager)
 
 
@@ -190,7 +179,7 @@ class _AttentionFusion(torch.autograd.Function):
         alpha_c = alpha.to(dtype)
         dl = grad_attn = None
         if attn is not None:  # softmax backward: dl = alpha * (dalpha - sum_j alpha_j dalpha_j)
-            dalpha = torch.stack([_fused_or_eager(_row_dots_kernel, p, g) for p in proj],
+            dalpha = torch.stack([fused_or_eager(_row_dots_kernel, p, g) for p in proj],
                                  dim=-1).to(alpha.dtype)
             if grad_weights is not None:
                 dalpha = dalpha + grad_weights.unsqueeze(0) / heads
@@ -208,7 +197,7 @@ class _AttentionFusion(torch.autograd.Function):
             want_x = ctx.needs_input_grad[3 + 4 * i]
             if seed is not None:  # P^T layout (see _projected); dropped inputs recomputed
                 # one pass: attention and fusion-weight terms, ReLU', bias gradient; [H, o, n]
-                grad_pt, grad_b = _fused_or_eager(
+                grad_pt, grad_b = fused_or_eager(
                     _projection_grad_kernel, g.t(), alpha_c[..., i].unsqueeze(1),
                     None if dl_i is None else dl_i.unsqueeze(1),
                     None if a_i is None else a_i.unsqueeze(-1), p.transpose(1, 2), 2)
@@ -226,7 +215,7 @@ class _AttentionFusion(torch.autograd.Function):
                     grad_x = None
                 del grad_pt
             else:  # every head sees x itself
-                grad_p, grad_b = _fused_or_eager(
+                grad_p, grad_b = fused_or_eager(
                     _projection_grad_kernel, g, alpha_c[..., i].unsqueeze(-1),
                     None if dl_i is None else dl_i.unsqueeze(-1), a_i, p, 1)
                 xt = x.to(dtype).t()

@@ -4,13 +4,12 @@ product whose backward pass adds the gradient noise of those masks (the ``"momen
 :class:`TuckerScorer`)."""
 from __future__ import annotations
 
-import os
-import warnings
-from typing import Callable, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from momok_pyg.nn.fused import _compile_default, compile_failed, run_compiled
 from momok_pyg.nn.grouped import relation_grouped_matmul, sort_groups
 
 #: resolution of the keep probability: masks compare 15-bit uniform integers to a threshold
@@ -129,39 +128,6 @@ def _fused_grad_w(xs: Tensor, gs: Tensor, row0: Tensor, seed: Tensor, threshold:
 
 
 _KERNELS = {"forward": _fused_forward, "grad_x": _fused_grad_x, "grad_w": _fused_grad_w}
-_COMPILED: Dict[Callable, Callable] = {}
-_COMPILE_FAILED = False
-
-
-def _compile_default() -> bool:
-    return os.environ.get("MOMOK_PYG_COMPILE", "1").lower() not in ("0", "false", "no")
-
-
-def run_compiled(fn: Callable, *args) -> Optional[Tensor]:
-    r"""Runs ``fn(*args)`` as one :func:`torch.compile` (Inductor, dynamic shapes) kernel,
-    compiled once per function; :obj:`None` once compilation has failed (the first failure
-    gives a warning), so that the caller runs its eager version. Used by the fused dropout
-    kernels of this module and of :class:`~momok_pyg.nn.ModalityFusion`."""
-    global _COMPILE_FAILED
-    if _COMPILE_FAILED:
-        return None
-    compiled = _COMPILED.get(fn)
-    if compiled is None:
-        compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True)
-    try:
-        return compiled(*args)
-    except Exception as err:  # no C++ compiler / Triton: the eager kernels take over
-        _COMPILE_FAILED = True
-        warnings.warn(f"torch.compile of the fused dropout kernels failed ({err!r:.200}); "
-                      "running them eagerly (slower). Set MOMOK_PYG_COMPILE=0 to skip the "
-                      "attempt.")
-        return None
-
-
-def compile_enabled() -> bool:
-    r"""Whether fused kernels are tried: :obj:`False` when the environment sets
-    ``MOMOK_PYG_COMPILE=0`` or a compilation has failed in this process."""
-    return _compile_default() and not _COMPILE_FAILED
 
 
 def _fused(name: str, *args) -> Optional[Tensor]:
@@ -250,7 +216,7 @@ class _PerSampleHiddenDropout(torch.autograd.Function):
             if fused:
                 grad_x = _fused("grad_x", g, mats, group, seed.new_zeros(()), seed,
                                 threshold, scale) if ctx.needs_input_grad[0] else None
-                if _COMPILE_FAILED:  # failed just now: the eager kernels take over
+                if compile_failed():  # failed just now: the eager kernels take over
                     fused = False
                     masks = _all_masks(seed, xs.size(0), mats.shape[1:], threshold, chunk)
             if fused and ctx.needs_input_grad[1]:

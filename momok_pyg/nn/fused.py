@@ -1,0 +1,70 @@
+r"""Fused kernels: small element-wise functions run as one :func:`torch.compile` (Inductor)
+loop each where a compiler is available, and eagerly (same values) where it is not.
+
+MoMoK's step is full of element-wise chains over large tensors (dropout masks recomputed from a
+seed, attention and ReLU gradients, CLUB terms). Eagerly every link of such a chain writes a
+fresh tensor, and a fresh tensor of a megabyte or more is fresh pages (page faults) under the
+allocator setting that keeps a training run's peak memory down (see
+:mod:`momok_pyg.training.memory`); fused, the chain reads its inputs and writes its outputs
+once. ``MOMOK_PYG_COMPILE=0`` in the environment turns every fused kernel off; a failed
+compilation (no C++ compiler) turns them off for the process, with one warning.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+_COMPILED: Dict[Callable, Callable] = {}
+_COMPILE_FAILED = False
+
+
+def _compile_default() -> bool:
+    return os.environ.get("MOMOK_PYG_COMPILE", "1").lower() not in ("0", "false", "no")
+
+
+def compile_enabled() -> bool:
+    r"""Whether fused kernels are tried: :obj:`False` when the environment sets
+    ``MOMOK_PYG_COMPILE=0`` or a compilation has failed in this process."""
+    return _compile_default() and not _COMPILE_FAILED
+
+
+def compile_failed() -> bool:
+    r"""Whether a compilation has failed in this process (the fused kernels are then off)."""
+    return _COMPILE_FAILED
+
+
+def run_compiled(fn: Callable, *args) -> Optional[Any]:
+    r"""Runs ``fn(*args)`` as one :func:`torch.compile` (Inductor, dynamic shapes) kernel,
+    compiled once per function; :obj:`None` once compilation has failed (the first failure
+    gives a warning), so that the caller runs its eager version."""
+    global _COMPILE_FAILED
+    if _COMPILE_FAILED:
+        return None
+    compiled = _COMPILED.get(fn)
+    if compiled is None:
+        compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    try:
+        return compiled(*args)
+    except Exception as err:  # no C++ compiler / Triton: the eager kernels take over
+        _COMPILE_FAILED = True
+        warnings.warn(f"torch.compile of momok_pyg's fused kernels failed ({err!r:.200}); "
+                      "running them eagerly (slower). Set MOMOK_PYG_COMPILE=0 to skip the "
+                      "attempt.")
+        return None
+
+
+def fused_or_eager(kernel: Callable, *args, eager: Optional[Callable] = None) -> Any:
+    r"""``kernel(*args)`` as one compiled kernel when fused kernels are enabled
+    (:func:`compile_enabled`) and it compiles, else ``eager(*args)`` (default: ``kernel``
+    itself, run op by op), which computes the same values."""
+    if compile_enabled():
+        out = run_compiled(kernel, *args)
+        if out is not None:
+            return out
+    return (eager or kernel)(*args)
+
+
+__all__ = ["compile_enabled", "compile_failed", "run_compiled", "fused_or_eager"]
