@@ -12,7 +12,8 @@ from .loss import (LOSSES, check_out_buffer, linear_one_to_n_loss, one_to_n_loss
                    product_into)
 from .tucker import TuckerScorer
 from .fused import fused_or_eager
-from .tucker_dropout import flat_keep_masks, keep_masks, keep_probability, keep_threshold
+from .tucker_dropout import (draw_seed, flat_keep_masks, keep_masks, keep_probability,
+                             keep_threshold)
 
 JOINT = "joint"
 FUSIONS = ("attention", "mean")
@@ -185,6 +186,7 @@ class _AttentionFusion(torch.autograd.Function):
                 dalpha = dalpha + grad_weights.unsqueeze(0) / heads
             dl = alpha * (dalpha - (alpha * dalpha).sum(-1, keepdim=True))
             grad_attn = torch.zeros(attn.shape, dtype=alpha.dtype, device=attn.device)
+        a_c = None if attn is None else attn.to(dtype)
         grads, work = [], None
         for i in range(num_m):
             x, w, seed, p = xs[i], ws[i], seeds[i], proj[i]
@@ -193,14 +195,13 @@ class _AttentionFusion(torch.autograd.Function):
                 dl_i = dl[..., i]
                 grad_attn += _weighted_rows(p.to(alpha.dtype), dl_i)
                 dl_i = dl_i.to(dtype)
-            a_i = None if attn is None else attn.to(dtype)
             want_x = ctx.needs_input_grad[3 + 4 * i]
             if seed is not None:  # P^T layout (see _projected); dropped inputs recomputed
                 # one pass: attention and fusion-weight terms, ReLU', bias gradient; [H, o, n]
                 grad_pt, grad_b = fused_or_eager(
                     _projection_grad_kernel, g.t(), alpha_c[..., i].unsqueeze(1),
                     None if dl_i is None else dl_i.unsqueeze(1),
-                    None if a_i is None else a_i.unsqueeze(-1), p.transpose(1, 2), 2)
+                    None if a_c is None else a_c.unsqueeze(-1), p.transpose(1, 2), 2)
                 grad_b = grad_b.transpose(1, 2)
                 xd = _dropped_heads(x, seed, heads, threshold, scale).to(dtype)
                 grad_w = torch.bmm(grad_pt, xd).transpose(1, 2)  # (G^T X_d)^T
@@ -217,7 +218,7 @@ class _AttentionFusion(torch.autograd.Function):
             else:  # every head sees x itself
                 grad_p, grad_b = fused_or_eager(
                     _projection_grad_kernel, g, alpha_c[..., i].unsqueeze(-1),
-                    None if dl_i is None else dl_i.unsqueeze(-1), a_i, p, 1)
+                    None if dl_i is None else dl_i.unsqueeze(-1), a_c, p, 1)
                 xt = x.to(dtype).t()
                 grad_w = torch.stack([xt @ grad_p[h] for h in range(heads)])
                 grad_x = (sum(grad_p[h] @ w[h].to(dtype).t() for h in range(heads))
@@ -234,7 +235,7 @@ def head_dropout_seed(x: Tensor, p: float, training: bool) -> Optional[Tensor]:
     dropout of ``x``, :obj:`None` when no dropout applies."""
     if not training or p == 0.0:
         return None
-    return torch.empty((), dtype=torch.int64).random_().to(x.device)
+    return draw_seed(x.device)
 
 
 def head_dropout_masks(heads: int, x: Tensor, p: float, training: bool) -> Optional[Tensor]:

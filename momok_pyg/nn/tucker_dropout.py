@@ -4,6 +4,7 @@ product whose backward pass adds the gradient noise of those masks (the ``"momen
 :class:`TuckerScorer`)."""
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -45,9 +46,7 @@ def draw_keep_masks(shape: Tuple[int, ...], p: float,
     Four 15-bit draws come from one 64-bit random word (:meth:`torch.Tensor.random_`),
     about 4x faster on CPU than :func:`torch.bernoulli` of the same size.
     """
-    n = 1
-    for s in shape:
-        n *= s
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(
         generator=generator)
     u = words.view(torch.int16).bitwise_and_(_LEVELS - 1)[:n]
@@ -141,10 +140,15 @@ def flat_keep_masks(seed: Tensor, shape: Tuple[int, ...], threshold: int) -> Ten
     the 15 low bits of 16-bit lane :math:`c \bmod 4` of :func:`splitmix64`
     :math:`(\lfloor c/4 \rfloor)` are below ``threshold``, as :func:`keep_masks` decides it
     (a ``[rows, d, d']`` ``shape`` gives the masks of ``keep_masks(seed, 0, rows, (d, d'))``)."""
-    n = 1
-    for s in shape:
-        n *= s
-    return _keep_flat(seed, 0, n, threshold).view(shape)
+    return _keep_flat(seed, 0, math.prod(shape), threshold).view(shape)
+
+
+def draw_seed(device: torch.device, generator: Optional[torch.Generator] = None) -> Tensor:
+    r"""A fresh 0-dim int64 seed of counter-based masks, drawn from ``generator`` (default:
+    torch's global generator) and placed on ``device``."""
+    seed_device = generator.device if generator is not None else "cpu"
+    return torch.empty((), dtype=torch.int64, device=seed_device).random_(
+        generator=generator).to(device)
 
 
 def _all_masks(seed: Tensor, rows: int, shape, threshold: int, chunk: int) -> Tensor:
@@ -181,9 +185,7 @@ class _PerSampleHiddenDropout(torch.autograd.Function):
                 use_compile: bool) -> Tensor:
         dtype = torch.promote_types(x.dtype, mats.dtype)
         x, mats = x.to(dtype), mats.to(dtype)
-        seed_device = generator.device if generator is not None else "cpu"
-        seed = torch.empty((), dtype=torch.int64, device=seed_device).random_(
-            generator=generator).to(x.device)
+        seed = draw_seed(x.device, generator)
         threshold = keep_threshold(p)
         scale = _LEVELS / threshold
         xs, gs = x.index_select(0, perm), group.index_select(0, perm)
