@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from momok_pyg.nn.fused import _compile_default, compile_failed, run_compiled
+from momok_pyg.nn.fused import compile_enabled, compile_failed, run_compiled
 from momok_pyg.nn.grouped import relation_grouped_matmul, sort_groups
 
 #: resolution of the keep probability: masks compare 15-bit uniform integers to a threshold
@@ -298,7 +298,7 @@ def per_sample_dropout_matmul(x: Tensor, group: Tensor, mats: Tensor, p: float,
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     perm, counts = grouping if grouping is not None else sort_groups(group, mats.size(0))
-    use_compile = _compile_default() if compile is None else compile
+    use_compile = compile_enabled() if compile is None else compile
     return _PerSampleHiddenDropout.apply(x, mats, group, perm, counts, p, chunk, generator,
                                          use_compile)
 
