@@ -60,11 +60,16 @@ def _flop_kw(data, dim: int) -> Dict[str, Any]:
                 num_relations2=2 * int(data.num_relations))
 
 
-def _eval_U(data, batch_size: int) -> List[int]:
-    from momok_pyg.evaluate import query_tensors
+def _eval_batches(data, batch_size: int, distinct: bool) -> Tuple[int, List[int]]:
+    r"""``(scored queries, distinct relations per batch)`` of MKG-Y test, both directions:
+    the distinct queries in the order :func:`evaluate_link_prediction` scores them
+    (:obj:`distinct`), or every query in the order of ``query_tensors`` (the naive ranking)."""
+    from momok_pyg.evaluate import distinct_queries, query_tensors
     from momok_pyg.datasets import get_triples
-    _, rel, _, _ = query_tensors(get_triples(data, "test"), int(data.num_relations))
-    return [int(torch.unique(r).numel()) for r in rel.split(batch_size)]
+    head, rel, _, _ = query_tensors(get_triples(data, "test"), int(data.num_relations))
+    if distinct:
+        _, rel, _ = distinct_queries(head, rel, int(data["entity"].num_nodes))
+    return rel.numel(), [int(torch.unique(r).numel()) for r in rel.split(batch_size)]
 
 
 def _time_eval(fn, device, repeats: int) -> Tuple[List[float], Dict[str, Any]]:
@@ -167,19 +172,20 @@ def worker_momok(spec: Dict[str, Any]) -> Dict[str, Any]:
                                         filter_index=fi, breakdowns=False, device=device)
 
     if spec.get("eval", True):
-        U = _eval_U(data, BATCH_SIZE)
+        scored, U = _eval_batches(data, BATCH_SIZE, distinct=True)
         for key, fn, once in (("eval", shipped, True), ("eval_uncached", uncached, False)):
             model.eval()
             times, res = _time_eval(fn, device, repeats)
             out[f"{key}_seconds"] = times
             out[f"{key}_seconds_median"] = statistics.median(times)
             out[f"{key}_mrr"] = res["mrr"]
-            ef = eval_flops("momok", res["count"], BATCH_SIZE, U, entities_once=once, **fkw)
+            ef = eval_flops("momok", scored, BATCH_SIZE, U, entities_once=once, **fkw)
             out[f"{key}_flops"] = ef
             out[f"{key}_achieved_gflops"] = ef["total"] / statistics.median(times) / 1e9
             if key == "eval":
                 out["test_mrr"], out["test_hits@10"] = res["mrr"], res["hits@10"]
                 out["eval_queries"] = res["count"]
+                out["eval_scored_queries"] = scored  # distinct (head, relation) pairs
         out["eval_note"] = ("eval: as momok_pyg.training evaluates (inside "
                             "MoMoK.cached_entities); eval_uncached: evaluate_link_prediction("
                             "model.predict) without the cache")
@@ -253,7 +259,8 @@ def worker_naive(spec: Dict[str, Any]) -> Dict[str, Any]:
     out["eval_note"] = (f"extrapolated from {n_eval} of {total_q} queries "
                         f"({scored_batches} scoring batch(es), per-query ranking loop)")
     out["eval_subset_seconds"] = {"score": res["score_seconds"], "rank": res["rank_seconds"]}
-    ef = eval_flops("naive", total_q, BATCH_SIZE, _eval_U(data, BATCH_SIZE), **fkw)
+    ef = eval_flops("naive", total_q, BATCH_SIZE, _eval_batches(data, BATCH_SIZE, False)[1],
+                    **fkw)
     out["eval_flops"] = ef
     out["eval_achieved_gflops"] = ef["total"] / est / 1e9
 

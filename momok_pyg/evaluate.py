@@ -18,7 +18,8 @@ from momok_pyg.datasets.schema import ENTITY, get_triples
 from momok_pyg.metrics import TIES, FilteredRankMetric, FilterIndex, rank_metrics
 
 __all__ = [
-    "FilterIndex", "FilteredRankMetric", "query_tensors", "evaluate_link_prediction",
+    "FilterIndex", "FilteredRankMetric", "query_tensors", "distinct_queries",
+    "evaluate_link_prediction",
     "rank_breakdowns", "unseen_entity_mask"
 ]
 
@@ -44,6 +45,24 @@ def query_tensors(triples: Tensor,
     target = torch.cat([t, h])
     direction = torch.cat([torch.full_like(h, TAIL), torch.full_like(h, HEAD)])
     return head, rel, target, direction
+
+
+def distinct_queries(head: Tensor, rel: Tensor,
+                     num_entities: int) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""The distinct queries among ``(head, rel)`` ``[Q]``, ordered by relation, then head.
+
+    A query asked with several targets (e.g. :math:`(h, r, t_1)` and :math:`(h, r, t_2)` in
+    the test split) has one score vector; scoring each distinct query once gives the same
+    ranks with fewer products (about 12 % fewer on MKG-Y test). Queries of one relation
+    are adjacent, so a batch of them spans few relations.
+
+    Returns:
+        ``(head_u, rel_u, inverse)``: the ``[U]`` distinct queries and, for each of the
+        :math:`Q` queries, the index of its distinct query.
+    """
+    key = rel.long() * num_entities + head.long()
+    unique, inverse = torch.unique(key, return_inverse=True)
+    return unique % num_entities, unique // num_entities, inverse
 
 
 def unseen_entity_mask(data, split: str = "test") -> Tensor:
@@ -118,7 +137,9 @@ def evaluate_link_prediction(
             mode for the call and restored afterwards.
         data (HeteroData): The MMKG (see :mod:`momok_pyg.datasets.schema`).
         split (str): ``"test"`` or ``"valid"`` (or ``"train"``).
-        batch_size (int): Queries per call of :obj:`score_fn`.
+        batch_size (int): Distinct queries per call of :obj:`score_fn`: each distinct
+            :math:`(head, rel)` is scored once for all its targets (see
+            :func:`distinct_queries`), in batches of adjacent relations.
         filter_index (FilterIndex, optional): Known answers; default: all splits of
             :obj:`data`. Build it once and pass it when evaluating repeatedly.
         tie (str): ``"realistic"`` (default), ``"optimistic"`` or ``"pessimistic"``.
@@ -150,19 +171,28 @@ def evaluate_link_prediction(
         filter_index = FilterIndex.from_data(data)
     head, rel, target, direction = (x.to(device) for x in query_tensors(triples, num_relations))
 
+    head_u, rel_u, inverse = distinct_queries(head, rel, filter_index.num_entities)
+    # The queries grouped by distinct query; `ends[u]` = end of distinct query u's group.
+    order = torch.argsort(inverse, stable=True)
+    ends = torch.bincount(inverse, minlength=head_u.numel()).cumsum(0).tolist()
+
     metric = FilteredRankMetric(filter_index, ks=ks, tie=tie)
     was_training = module.training if module is not None else False
     if module is not None:
         module.eval()
     try:
-        batches = torch.arange(head.numel(), device=device).split(batch_size)
-        for idx in tqdm(batches, desc=f"rank {split}", disable=not progress, leave=False):
-            metric.update(score_fn(head[idx], rel[idx]), head[idx], rel[idx], target[idx])
+        starts = range(0, head_u.numel(), batch_size)
+        for u0 in tqdm(starts, desc=f"rank {split}", disable=not progress, leave=False):
+            u1 = min(u0 + batch_size, head_u.numel())
+            idx = order[(ends[u0 - 1] if u0 else 0):ends[u1 - 1]]
+            metric.update(score_fn(head_u[u0:u1], rel_u[u0:u1]), head[idx], rel[idx],
+                          target[idx], row=inverse[idx] - u0)
     finally:
         if module is not None:
             module.train(was_training)
 
-    ranks = metric.ranks
+    ranks = torch.empty_like(metric.ranks)
+    ranks[order] = metric.ranks  # back to the order of query_tensors
     out: Dict[str, object] = dict(metric.compute())
     if breakdowns:
         unseen = unseen_entity_mask(data, split).repeat(2)

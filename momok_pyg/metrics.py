@@ -23,7 +23,7 @@ order of ties, which is what the upstream code estimates by random tie breaking)
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -135,7 +135,7 @@ def _tie_weight(x: Tensor, s_t: Tensor, tie: str, dtype: torch.dtype) -> Tensor:
 
 
 def filtered_ranks(scores: Tensor, target: Tensor, batch_idx: Tensor, entity_idx: Tensor,
-                   tie: str = "realistic") -> Tensor:
+                   tie: str = "realistic", row: Optional[Tensor] = None) -> Tensor:
     r"""Filtered ranks of :obj:`target` in each row of :obj:`scores` (see module docstring).
 
     The rank is :math:`1 + \sum_{e \in \mathcal{C}(q)} w(s_e)` with :math:`w(x) = [x > s_t] +
@@ -147,11 +147,18 @@ def filtered_ranks(scores: Tensor, target: Tensor, batch_idx: Tensor, entity_idx
     \frac12 (N + \sum_e \mathrm{sgn}(s_e - s_t))`, a matrix-vector product; sums are exact
     (float32 while :math:`N < 2^{24}`).
 
+    Queries that share their scores (the same :math:`(h, r')` asked with several targets) can
+    share one row: :obj:`row` maps each target to its row of :obj:`scores`.
+
     Args:
-        scores (Tensor): ``[B, N]`` scores, higher = better (no NaN; :math:`\pm\infty` allowed).
+        scores (Tensor): ``[B, N]`` scores, higher = better (no NaN; :math:`\pm\infty` allowed),
+            or ``[U, N]`` with :obj:`row`.
         target (Tensor): ``[B]`` true entity of each query.
-        batch_idx, entity_idx (Tensor): Filtered entries (e.g. from :meth:`FilterIndex.answers`).
+        batch_idx, entity_idx (Tensor): Filtered entries (e.g. from :meth:`FilterIndex.answers`);
+            ``batch_idx`` indexes queries (targets), not rows.
         tie (str): ``"realistic"``, ``"optimistic"`` or ``"pessimistic"``.
+        row (Tensor, optional): ``[B]`` row of :obj:`scores` of each query, in ``[0, U)``;
+            default: query :math:`i` is row :math:`i`.
 
     Returns:
         Float ``[B]`` ranks (half-integers possible with ``"realistic"``), float64 for float64
@@ -159,9 +166,14 @@ def filtered_ranks(scores: Tensor, target: Tensor, batch_idx: Tensor, entity_idx
     """
     if tie not in TIES:
         raise ValueError(f"unknown tie mode {tie!r}; expected one of {TIES}")
-    if scores.dim() != 2 or target.dim() != 1 or target.numel() != scores.size(0):
+    if row is None and (scores.dim() != 2 or target.dim() != 1
+                        or target.numel() != scores.size(0)):
         raise ValueError(f"expected scores [B, N] and target [B], got {tuple(scores.shape)} and "
                          f"{tuple(target.shape)}")
+    if row is not None and (scores.dim() != 2 or target.dim() != 1 or row.dim() != 1
+                            or row.numel() != target.numel()):
+        raise ValueError(f"expected scores [U, N], target [B] and row [B], got "
+                         f"{tuple(scores.shape)}, {tuple(target.shape)} and {tuple(row.shape)}")
     num_entities = scores.size(1)
     acc = torch.float64 if scores.dtype == torch.float64 or num_entities >= 2**24 else torch.float32
     if scores.dtype not in (torch.float32, torch.float64):
@@ -170,28 +182,43 @@ def filtered_ranks(scores: Tensor, target: Tensor, batch_idx: Tensor, entity_idx
     if not finite and bool(torch.isnan(scores).any()):
         raise ValueError("scores contain NaN; a NaN score cannot be ranked (check the model)")
 
-    arange = torch.arange(scores.size(0), device=scores.device)
     target = target.to(scores.device)
-    s_t = scores[arange, target].unsqueeze(1)
+    if row is None:
+        row = torch.arange(scores.size(0), device=scores.device)
+        shared = False
+    else:
+        row = row.to(scores.device)
+        if row.numel() and bool(((row < 0) | (row >= scores.size(0))).any()):
+            raise ValueError(f"row ids must lie in [0, {scores.size(0)}) (rows of scores)")
+        shared = True
+    num_queries = target.numel()
+    s_t = scores[row, target].unsqueeze(1)
     ones = torch.ones(num_entities, dtype=acc, device=scores.device)
     # On CPU, blocks of rows keep the [rows, N] temporaries in cache (~4x faster than one pass).
-    rows = scores.size(0) if scores.device.type != "cpu" else max(1, _CPU_BLOCK // num_entities)
+    rows = num_queries if scores.device.type != "cpu" else max(1, _CPU_BLOCK // num_entities)
     totals = []
-    buf = (scores.new_empty(min(rows, scores.size(0)), num_entities)  # reused by every block
-           if tie == "realistic" and finite else None)
-    for block, block_t in zip(scores.split(rows), s_t.split(rows)):
+    buf = (scores.new_empty(min(rows, num_queries), num_entities)  # reused by every block
+           if (tie == "realistic" and finite) or shared else None)
+    for start in range(0, num_queries, rows):
+        block_t = s_t[start:start + rows]
+        if shared:  # the rows of this block's queries, gathered into the reused buffer
+            block = torch.index_select(scores, 0, row[start:start + rows],
+                                       out=buf[:block_t.size(0)])
+        else:
+            block = scores[start:start + rows]
         if tie == "realistic" and finite:
             sign = torch.sub(block, block_t, out=buf[:block.size(0)]).sign_()
             totals.append(0.5 * (num_entities + sign.to(acc) @ ones))
         else:
             totals.append(_tie_weight(block, block_t, tie, acc) @ ones)
     s_t = s_t.squeeze(1)
-    total = torch.cat(totals) - _tie_weight(s_t, s_t, tie, acc)  # the target itself
+    total = (torch.cat(totals) if totals else s_t.new_zeros(0, dtype=acc)) \
+        - _tie_weight(s_t, s_t, tie, acc)  # the target itself
 
     batch_idx, entity_idx = batch_idx.to(scores.device), entity_idx.to(scores.device)
     keep = entity_idx != target[batch_idx]  # the target is never filtered away
     batch_idx, entity_idx = batch_idx[keep], entity_idx[keep]
-    w_f = _tie_weight(scores[batch_idx, entity_idx], s_t[batch_idx], tie, acc)
+    w_f = _tie_weight(scores[row[batch_idx], entity_idx], s_t[batch_idx], tie, acc)
     total = total.index_add(0, batch_idx, w_f, alpha=-1)
     return 1.0 + total
 
@@ -238,14 +265,19 @@ class FilteredRankMetric:
         self.tie = tie
         self._chunks: List[Tensor] = []
 
-    def update(self, scores: Tensor, head: Tensor, rel: Tensor, target: Tensor) -> Tensor:
+    def update(self, scores: Tensor, head: Tensor, rel: Tensor, target: Tensor,
+               row: Optional[Tensor] = None) -> Tensor:
         r"""Ranks one batch and stores its ranks.
 
         Args:
-            scores (Tensor): ``[B, N]`` scores of all :math:`N` entities, higher = better.
+            scores (Tensor): ``[B, N]`` scores of all :math:`N` entities, higher = better; or
+                ``[U, N]`` scores of distinct queries with :obj:`row`.
             head (Tensor): ``[B]`` query entities.
             rel (Tensor): ``[B]`` relations in ``[0, 2R)`` (``r + R`` = reciprocal of ``r``).
             target (Tensor): ``[B]`` true answers.
+            row (Tensor, optional): ``[B]`` row of :obj:`scores` that scores query :math:`i`
+                (the caller vouches that it was scored for ``(head[i], rel[i])``); default:
+                row :math:`i`.
 
         Returns:
             The ``[B]`` float ranks of this batch.
@@ -254,9 +286,10 @@ class FilteredRankMetric:
         if scores.dim() != 2 or scores.size(1) != fi.num_entities:
             raise ValueError(f"expected scores of shape [B, {fi.num_entities}] (one column per "
                              f"entity), got {tuple(scores.shape)}")
-        if not (head.numel() == rel.numel() == target.numel() == scores.size(0)):
-            raise ValueError(f"batch sizes differ: scores {scores.size(0)}, head {head.numel()}, "
-                             f"rel {rel.numel()}, target {target.numel()}")
+        rows = scores.size(0) if row is None else row.numel()
+        if not (head.numel() == rel.numel() == target.numel() == rows):
+            raise ValueError(f"batch sizes differ: {'scores' if row is None else 'row'} {rows}, "
+                             f"head {head.numel()}, rel {rel.numel()}, target {target.numel()}")
         n, r2 = fi.num_entities, 2 * fi.num_relations
         if bool(((head < 0) | (head >= n) | (target < 0) | (target >= n) | (rel < 0)
                  | (rel >= r2)).any()):  # one check, one device sync
@@ -265,7 +298,7 @@ class FilteredRankMetric:
         if fi.device != scores.device:  # move once, keep the moved copy
             fi = self.filter_index = fi.to(scores.device)
         batch_idx, entity_idx = fi.answers(head.to(scores.device), rel.to(scores.device))
-        ranks = filtered_ranks(scores, target, batch_idx, entity_idx, self.tie)
+        ranks = filtered_ranks(scores, target, batch_idx, entity_idx, self.tie, row=row)
         self._chunks.append(ranks.detach())
         return ranks
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from momok_pyg.datasets.schema import build_mmkg, get_triples
-from momok_pyg.evaluate import (evaluate_link_prediction, query_tensors, unseen_entity_mask)
+from momok_pyg.evaluate import (distinct_queries, evaluate_link_prediction, query_tensors,
+                                unseen_entity_mask)
 from momok_pyg.metrics import (FilteredRankMetric, FilterIndex, filtered_ranks,
                                masked_filtered_ranks)
 
@@ -127,6 +128,59 @@ def test_infinite_and_half_precision_scores(toy, tie):
         expected = [brute_rank(row, t, ref[(h, r)], tie) for row, h, r, t in
                     zip(s.float().tolist(), head.tolist(), rel.tolist(), target.tolist())]
         assert filtered_ranks(s, target, b, e, tie).tolist() == expected
+
+
+@pytest.mark.parametrize("tie", ["realistic", "optimistic", "pessimistic"])
+@pytest.mark.parametrize("block_rows", [None, 5])
+def test_shared_score_rows_rank_like_one_row_per_query(toy, tie, block_rows, monkeypatch):
+    """`row` maps queries to shared score rows: same ranks as the rows copied out per query,
+    finite or not, in one pass or in blocks."""
+    if block_rows is not None:
+        monkeypatch.setattr("momok_pyg.metrics._CPU_BLOCK", block_rows * N)
+    gen = torch.Generator().manual_seed(7)
+    fi = FilterIndex.from_data(toy)
+    head, rel, target, _ = query_tensors(get_triples(toy, "test"), R)
+    row = torch.randint(0, 9, (head.numel(), ), generator=gen)  # 60 queries on 9 rows
+    values = torch.tensor([float("-inf"), -1.0, 0.0, 2.5, float("inf")])
+    b, e = fi.answers(head, rel)
+    for shared in (tie_scores(gen, 9), values[torch.randint(0, 5, (9, N), generator=gen)]):
+        expected = filtered_ranks(shared[row], target, b, e, tie)
+        assert torch.equal(filtered_ranks(shared, target, b, e, tie, row=row), expected)
+        metric = FilteredRankMetric(fi, tie=tie)
+        assert torch.equal(metric.update(shared, head, rel, target, row=row), expected)
+    with pytest.raises(ValueError, match=r"row ids must lie in \[0, 9\)"):
+        filtered_ranks(shared, target, b, e, tie, row=row + 1)
+    with pytest.raises(ValueError, match="batch sizes differ: row 59"):
+        FilteredRankMetric(fi).update(shared, head, rel, target, row=row[1:])
+
+
+def test_evaluation_scores_each_distinct_query_once():
+    """Test triples sharing (h, r) or (t, r^-1): one score row per distinct query, ranks in
+    the order of query_tensors equal to brute force."""
+    gen = torch.Generator().manual_seed(8)
+    test = torch.tensor([[1, 0, 2], [1, 0, 3], [1, 0, 4], [5, 1, 2], [6, 1, 2], [1, 2, 2],
+                         [7, 0, 2], [1, 0, 9]])
+    splits = {"train": random_triples(gen, 100), "valid": random_triples(gen, 10), "test": test}
+    data = build_mmkg(N, R, splits)
+    table = tie_scores(gen, N * 2 * R).view(N, 2 * R, N)
+    asked = []
+
+    def score_fn(head, rel):
+        asked.extend(zip(head.tolist(), rel.tolist()))
+        return table[head, rel]
+
+    out = evaluate_link_prediction(score_fn, data, batch_size=3, breakdowns=False,
+                                   return_ranks=True)
+    head, rel, target, _ = query_tensors(test, R)
+    pairs = list(zip(head.tolist(), rel.tolist()))
+    assert sorted(asked) == sorted(set(pairs)) and len(asked) == 11 < len(pairs) == 16
+    assert [r for _, r in asked] == sorted(r for _, r in asked)  # batches follow relations
+    ref = brute_answers(torch.cat(list(splits.values())))
+    expected = [brute_rank(table[h, r].tolist(), t, ref[(h, r)], "realistic")
+                for (h, r), t in zip(pairs, target.tolist())]
+    assert out["ranks"].tolist() == expected
+    h_u, r_u, inverse = distinct_queries(head, rel, N)
+    assert torch.equal(h_u[inverse], head) and torch.equal(r_u[inverse], rel)
 
 
 def test_matches_ogb_evaluator(toy):
