@@ -168,7 +168,8 @@ def epoch_batches(queries, batch_size: int, seed: int, epoch: int) -> List[Tuple
 def step_flops(kind: str, B: int, U: int, N: int, dim: int, rel_dim: int,
                in_dims: Dict[str, int], num_relations2: int, K: int = NUM_EXPERTS,
                H: int = FUSION_HEADS, joint: bool = True, exid: bool = True,
-               train: bool = True, all_entities: bool = True) -> Dict[str, float]:
+               train: bool = True, all_entities: bool = True,
+               hidden_dropout_mode: str = "sample") -> Dict[str, float]:
     r"""FLOPs of one training step (``train=True``: forward + backward, backward counted as
     twice the forward of every product whose inputs both need gradients) or one evaluation
     batch (``train=False``, forward only, the all-entity part counted once per batch as the
@@ -183,8 +184,10 @@ def step_flops(kind: str, B: int, U: int, N: int, dim: int, rel_dim: int,
     * ``fusion``: joint fusion of all :math:`N` candidates and the :math:`B` heads,
       :math:`2 H M n d^2 + 2 H M n d`, and of the :math:`2R` relation rows;
     * ``tucker_core``: :math:`2 U d_r d^2` per scored modality (one contraction per
-      distinct relation :math:`U`); ``tucker_apply``: :math:`2 B d^2` per scored modality,
-      twice in training (the Gaussian hidden dropout's variance product
+      distinct relation :math:`U`); ``tucker_apply``: :math:`2 B d^2` per scored modality
+      (the official per-sample masks of ``hidden_dropout_mode="sample"`` change which
+      entries are multiplied, not how many), twice in training with the ``"gaussian"`` and
+      ``"moments"`` modes (their variance product
       :math:`(\mathbf{x} \odot \mathbf{x})(\mathbf{W}_r \odot \mathbf{W}_r)`);
     * ``scoring``: the 1-N products :math:`2 B N d` per scored modality;
     * ``exid``: the CLUB networks (train only; upper bound and :math:`Q_\theta` step).
@@ -214,7 +217,8 @@ def step_flops(kind: str, B: int, U: int, N: int, dim: int, rel_dim: int,
     out["fusion"] = bwd * fusion
     contractions = B if kind == "naive" else U
     out["tucker_core"] = bwd * S * 2.0 * contractions * dr * d * d
-    apply_products = 2 if (kind == "momok" and train) else 1
+    gaussian = kind == "momok" and hidden_dropout_mode in ("gaussian", "moments")
+    apply_products = 2 if (gaussian and train) else 1
     out["tucker_apply"] = bwd * S * 2.0 * B * d * d * apply_products
     out["scoring"] = bwd * S * 2.0 * B * N * d
     if exid and train and K >= 2:

@@ -53,11 +53,14 @@ def _setup(spec: Dict[str, Any]):
     return device, data, queries
 
 
-def _flop_kw(data, dim: int) -> Dict[str, Any]:
+def _flop_kw(data, dim: int, model: torch.nn.Module) -> Dict[str, Any]:
     from momok_pyg.datasets.schema import STRUCTURE
     in_dims = {STRUCTURE: dim, **{m: FEATURE_DIMS[m] for m in FEATURE_DIMS}}
+    modes = {m.hidden_dropout_mode for m in model.modules() if hasattr(m, "hidden_dropout_mode")}
+    if len(modes) != 1:
+        raise ValueError(f"expected one hidden_dropout_mode in the model, found {modes}")
     return dict(N=int(data["entity"].num_nodes), dim=dim, rel_dim=dim, in_dims=in_dims,
-                num_relations2=2 * int(data.num_relations))
+                num_relations2=2 * int(data.num_relations), hidden_dropout_mode=modes.pop())
 
 
 def _eval_batches(data, batch_size: int, distinct: bool) -> Tuple[int, List[int]]:
@@ -129,7 +132,7 @@ def worker_momok(spec: Dict[str, Any]) -> Dict[str, Any]:
         epoch_cpu.append(cpu_seconds() - c0)
     run_batches = wrapped.num_batches(BATCH_SIZE)
     per_epoch = [t * n_batches / run_batches for t in epoch_s]
-    fkw = _flop_kw(data, spec["dim"])
+    fkw = _flop_kw(data, spec["dim"], model)
     batches = epoch_batches(queries, BATCH_SIZE, spec["seed"], 1)
     flops = epoch_flops("momok", batches, **fkw)
     med = statistics.median(per_epoch)
@@ -213,7 +216,7 @@ def worker_naive(spec: Dict[str, Any]) -> Dict[str, Any]:
     naive = NaiveMoMoK(model)
     rss_model = peak_rss_mb()
     rate32 = matmul_gflops(device)
-    fkw = _flop_kw(data, spec["dim"])
+    fkw = _flop_kw(data, spec["dim"], model)
     out: Dict[str, Any] = {"what": "naive reference (benchmarks/naive_reference.py)",
                            "dim": spec["dim"], "rss_after_model_mb": rss_model,
                            "matmul_gflops_fp32_worker": rate32}
