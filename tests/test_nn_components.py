@@ -43,6 +43,24 @@ def test_grouped_tucker_equals_per_sample_einsum(method):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_relation_matrices_stay_float32_under_bf16_autocast():
+    """The core contraction is memory-bound: under autocast it runs in the core's dtype (no
+    bf16 copy of the core, no rounding of W_r), with exact gradients for both inputs."""
+    torch.manual_seed(0)
+    scorer = TuckerScorer(6, 7, 5)
+    rel = torch.randn(3, 5, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mats = scorer.relation_matrices(rel)
+    assert mats.dtype == torch.float32
+    ref = torch.einsum("ui,ijk->ujk", rel, scorer.core)
+    torch.testing.assert_close(mats, ref)
+    w = torch.randn_like(ref)
+    g1 = torch.autograd.grad((mats * w).sum(), (rel, scorer.core))
+    g2 = torch.autograd.grad((ref * w).sum(), (rel, scorer.core))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
 def test_grouped_matmul_methods_agree():
     torch.manual_seed(0)
     x = torch.randn(50, 4)

@@ -124,3 +124,63 @@ def test_training_threshold_is_scoped_to_the_epoch(monkeypatch):
     with memory.mmap_threshold_while(None):
         pass
     assert seen == [1 << 20, memory.MAX_MMAP_THRESHOLD]
+
+
+def test_gradient_buffers_lend_what_was_given_back():
+    from momok_pyg.nn import grad_buffers as gb
+    gb.release()
+    cpu = torch.device("cpu")
+    assert not gb.give_back(torch.zeros(4, 5))  # shape never requested: not kept
+    first = gb.gradient_buffer((4, 5), torch.float32, cpu)
+    assert not gb.give_back(torch.zeros(8, 5)[:4])  # a view into a larger storage
+    assert not gb.give_back(torch.zeros(4, 5, requires_grad=True))
+    assert not gb.give_back(torch.zeros(4, 5, dtype=torch.float64))
+    assert gb.give_back(first) and gb.kept_bytes() == 80
+    assert not gb.give_back(torch.zeros(4, 5))  # one kept tensor per shape
+    again = gb.gradient_buffer((4, 5), torch.float32, cpu)
+    assert again.data_ptr() == first.data_ptr() and gb.kept_bytes() == 0  # lent out
+    assert gb.gradient_buffer((4, 5), torch.float32, cpu).data_ptr() != first.data_ptr()
+    gb.give_back(again)
+    gb.release()
+    assert gb.kept_bytes() == 0 and not gb.give_back(again)
+
+
+def test_tucker_cores_share_one_reused_gradient_buffer_and_train_like_adam():
+    """Two scorers with cores of one shape (as MoMoK's modalities): under BackwardAdam every
+    core gradient of every step is written into the same storage, and the parameters follow
+    torch.optim.Adam's exactly."""
+    from momok_pyg.nn import TuckerScorer, grad_buffers
+    grad_buffers.release()
+    gen = torch.Generator().manual_seed(3)
+    head, cand = torch.randn(40, 16, generator=gen), torch.randn(30, 16, generator=gen)
+    rel = torch.randint(0, 6, (40, ), generator=gen)
+
+    def scorers():
+        torch.manual_seed(0)
+        return torch.nn.ModuleList(
+            TuckerScorer(6, 16, 12, input_dropout=0.0, hidden_dropout=0.0, output_dropout=0.0)
+            for _ in range(2))
+
+    def loss(net, step):
+        return sum(((s(head, rel, cand) - step) ** 2).mean() for s in net)
+
+    plain, backward = scorers(), scorers()
+    storages = []
+    for s in backward:
+        s.core.register_post_accumulate_grad_hook(
+            lambda p: storages.append(p.grad.untyped_storage().data_ptr()))
+    ref = torch.optim.Adam(plain.parameters(), lr=1e-2)
+    expected = []
+    for step in range(4):  # plain Adam keeps its gradients: it takes, never gives back
+        ref.zero_grad()
+        loss(plain, step).backward()
+        ref.step()
+        expected.append([p.detach().clone() for p in plain.parameters()])
+    grad_buffers.release()
+    opt = BackwardAdam(backward.parameters(), lr=1e-2)
+    for step in range(4):
+        loss(backward, step).backward()
+        for a, b in zip(expected[step], backward.parameters()):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    assert len(storages) == 8 and len(set(storages)) == 1
+    grad_buffers.release()

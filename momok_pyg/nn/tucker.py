@@ -6,8 +6,10 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.nn import BatchNorm1d, Embedding, Parameter
 
+from momok_pyg.nn.grad_buffers import gradient_buffer
 from momok_pyg.nn.grouped import group_by_relation, relation_grouped_matmul
 from momok_pyg.nn.tucker_dropout import gradient_noise_matmul, per_sample_dropout_matmul
 
@@ -15,6 +17,32 @@ __all__ = ["TuckerScorer", "HIDDEN_DROPOUT_MODES", "group_by_relation",
            "relation_grouped_matmul"]
 
 HIDDEN_DROPOUT_MODES = ("sample", "moments", "gaussian", "relation")
+
+
+class _CoreContraction(torch.autograd.Function):
+    r""":math:`[\mathbf{W}_{r_1}; \dots] = \mathbf{R} \mathcal{W}_{(1)}`, ``[U, d_r] x
+    [d_r, d_e, d_e] -> [U, d_e, d_e]``, whose core gradient goes into a
+    :func:`~momok_pyg.nn.grad_buffers.gradient_buffer`."""
+
+    @staticmethod
+    def forward(ctx, rel: Tensor, core: Tensor) -> Tensor:
+        ctx.save_for_backward(rel, core)
+        r, e, f = core.shape
+        return (rel @ core.view(r, e * f)).view(-1, e, f)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        rel, core = ctx.saved_tensors
+        r = core.size(0)
+        grad = grad.reshape(grad.size(0), -1).to(core.dtype)
+        grad_rel = grad_core = None
+        if ctx.needs_input_grad[0]:
+            grad_rel = grad @ core.view(r, -1).t()
+        if ctx.needs_input_grad[1]:
+            grad_core = gradient_buffer(core.shape, core.dtype, core.device)
+            torch.mm(rel.t(), grad, out=grad_core.view(r, -1))
+        return grad_rel, grad_core
 
 
 class TuckerScorer(torch.nn.Module):
@@ -136,9 +164,18 @@ class TuckerScorer(torch.nn.Module):
 
     def relation_matrices(self, rel_emb: Tensor) -> Tensor:
         r"""Contracts the core with relation embeddings: ``[U, d_r] -> [U, d_e, d_e]``
-        (:math:`\mathbf{W}_r = \mathcal{W} \times_1 \mathbf{r}`)."""
-        return (rel_emb @ self.core.view(self.rel_dim, -1)).view(-1, self.ent_dim,
-                                                                 self.ent_dim)
+        (:math:`\mathbf{W}_r = \mathcal{W} \times_1 \mathbf{r}`), in the core's dtype also
+        under autocast.
+
+        The product is :math:`U d_r d_e^2` MACs over a core of :math:`d_r d_e^2` entries
+        with :math:`U \le 2R`: it streams the core once and is memory-bound. Under bf16
+        autocast, casting the core (and its gradient back) would cost more than the
+        product saves, and the per-sample dropout kernels compute in float32 anyway.
+        The core's gradient :math:`\mathbf{R}^\top \partial L / \partial \mathbf{W}` is
+        written into a reused buffer (:mod:`momok_pyg.nn.grad_buffers`) when the optimizer
+        gives it back (:class:`~momok_pyg.training.BackwardAdam` does)."""
+        with torch.autocast(rel_emb.device.type, enabled=False):
+            return _CoreContraction.apply(rel_emb.to(self.core.dtype), self.core)
 
     def query(self, head: Tensor, rel: Tensor, rel_table: Optional[Tensor] = None,
               all_matrices: Optional[Tensor] = None) -> Tensor:

@@ -37,6 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from momok_pyg.datasets.schema import STRUCTURE, feature_modalities, get_triples
+from momok_pyg.nn import grad_buffers
 
 from .batching import OneToNQueries, epoch_generator
 from .checkpoint import (atomic_torch_save, atomic_write_json, get_rng_state, git_commit,
@@ -198,10 +199,15 @@ def train_epoch(model: torch.nn.Module, queries: OneToNQueries, optimizer: torch
 
     Returns the mean KGC loss, the mean ExID upper bound and the mean Q-network loss. Runs
     with glibc's mmap threshold at ``config.malloc_mmap_threshold`` (see
-    :func:`~momok_pyg.training.memory.mmap_threshold_while`).
+    :func:`~momok_pyg.training.memory.mmap_threshold_while`); the gradient buffers reused
+    from step to step (:mod:`momok_pyg.nn.grad_buffers`) are released at its end.
     """
-    with mmap_threshold_while(config.malloc_mmap_threshold):
-        return _train_epoch(model, queries, optimizer, q_optimizer, config, epoch, progress)
+    try:
+        with mmap_threshold_while(config.malloc_mmap_threshold):
+            return _train_epoch(model, queries, optimizer, q_optimizer, config, epoch,
+                                progress)
+    finally:
+        grad_buffers.release()
 
 
 def _train_epoch(model: torch.nn.Module, queries: OneToNQueries,

@@ -6,6 +6,8 @@ from typing import Any, Dict, Iterable, List
 import torch
 from torch import Tensor
 
+from momok_pyg.nn import grad_buffers
+
 
 class BackwardAdam:
     r"""Adam (:class:`torch.optim.Adam`, fused where possible) that updates every parameter
@@ -16,6 +18,9 @@ class BackwardAdam:
     never coexist: for MoMoK at :math:`d = 300` they would hold four Tucker cores of
     :math:`d^3` floats each (≈ 430 MB) at the end of every backward pass.
 
+    The gradient it drops goes to :func:`momok_pyg.nn.grad_buffers.give_back`: a backward pass
+    that writes a gradient of that shape into a borrowed buffer (the Tucker cores') reuses
+    its memory next time instead of faulting in fresh pages.
     A parameter's hook fires once its gradient is fully accumulated, i.e. after every
     operation that used it has run its backward, so no saved tensor is modified while still
     needed. :meth:`step` does nothing (the updates already happened);
@@ -41,6 +46,7 @@ class BackwardAdam:
     def _make_hook(opt: torch.optim.Optimizer):
         def hook(param: Tensor) -> None:
             opt.step()
+            grad_buffers.give_back(param.grad)  # reused if a backward pass asks for it
             param.grad = None
         return hook
 
