@@ -27,9 +27,9 @@ def set_malloc_mmap_threshold(nbytes: int) -> bool:
     the same as ``MALLOC_MMAP_THRESHOLD_=nbytes`` in the environment).
 
     By default glibc raises the threshold to the size of every freed large block (up to
-    32 MiB), so a training step's large temporaries (expert views, fusion projections, core
-    gradients: tens of MB each) come from the heap, whose freed holes are kept; at
-    MoMoK's d = 300 on MKG-Y that cost 0.26–0.45 GB of peak RSS in the last two full benchmark
+    32 MiB), so a training step's large temporaries (expert views, fusion projections,
+    relation matrices: tens of MB each) come from the heap, whose freed holes are kept; at
+    MoMoK's d = 300 on MKG-Y that cost 0.23–0.24 GB of peak RSS in the last two full benchmark
     runs (RESULTS.md). A fixed 1 MiB threshold gives it back at the cost of fresh pages for
     those tensors (``benchmarks/bench_momok.py --malloc-variant`` measures both).
 
