@@ -20,7 +20,9 @@ class BackwardAdam:
 
     The gradient it drops goes to :func:`momok_pyg.nn.grad_buffers.give_back`: a backward pass
     that writes a gradient of that shape into a borrowed buffer (the Tucker cores') reuses
-    its memory next time instead of faulting in fresh pages.
+    its memory next time instead of faulting in fresh pages. A reference to ``param.grad``
+    kept by another hook therefore sees it overwritten by the next backward pass.
+
     A parameter's hook fires once its gradient is fully accumulated, i.e. after every
     operation that used it has run its backward, so no saved tensor is modified while still
     needed. :meth:`step` does nothing (the updates already happened);
