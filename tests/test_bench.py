@@ -156,7 +156,7 @@ def test_hidden_dropout_micro_benchmark_writes_every_variant(tmp_path):
     assert res["config"]["dim"] == 6
 
 
-def test_counted_flops_match_torch_flop_counter(monkeypatch):
+def test_counted_flops_match_torch_flop_counter():
     """The FLOPs bench_momok.py divides by the time (step_flops) against torch's own count of
     the matmul-like ops MoMoK runs: the same within 5 % for an evaluation forward, and for a
     training step (forward, backward, ExID) once the heads' recomputed expert views, which
@@ -164,10 +164,9 @@ def test_counted_flops_match_torch_flop_counter(monkeypatch):
     from torch.utils.flop_counter import FlopCounterMode
     from bench_common import step_flops
     from momok_pyg.nn import fused
-    # Eager kernels (same matmuls): a kernel first compiled under the counting mode would be
-    # kept for the rest of the process, and later tests compare in-process runs bitwise
-    # with subprocess runs that compiled their own.
-    monkeypatch.setenv("MOMOK_PYG_COMPILE", "0")
+    # Under the counting mode the fused kernels run op by op (nn.fused.run_compiled): a
+    # kernel compiled under it and kept would make later in-process runs differ bitwise from
+    # subprocess runs that compiled their own (test_train_resume).
     compiled_before = dict(fused._COMPILED)
     g = torch.Generator().manual_seed(1)
     n, r, d, b, k = 200, 4, 16, 64, 3

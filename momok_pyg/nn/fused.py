@@ -16,6 +16,7 @@ import warnings
 from typing import Any, Callable, Dict, Optional
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 _COMPILED: Dict[Callable, Callable] = {}
 _COMPILE_FAILED = False
@@ -39,10 +40,16 @@ def compile_failed() -> bool:
 def run_compiled(fn: Callable, *args) -> Optional[Any]:
     r"""Runs ``fn(*args)`` as one :func:`torch.compile` (Inductor, dynamic shapes) kernel,
     compiled once per function; :obj:`None` once compilation has failed (the first failure
-    gives a warning), so that the caller runs its eager version."""
+    gives a warning), so that the caller runs its eager version.
+
+    While a :class:`~torch.utils._python_dispatch.TorchDispatchMode` is active (e.g.
+    :class:`torch.utils.flop_counter.FlopCounterMode`) ``fn`` runs op by op instead, so that
+    the mode sees every op and no kernel compiled under it is kept for later calls."""
     global _COMPILE_FAILED
     if _COMPILE_FAILED:
         return None
+    if _get_current_dispatch_mode() is not None:
+        return fn(*args)
     compiled = _COMPILED.get(fn)
     if compiled is None:
         compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True)
