@@ -304,6 +304,38 @@ def test_gate_noise_only_in_training():
     torch.testing.assert_close(rk_quiet(x).gates, rk_quiet(x).gates)
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_fused_candidates_equal_gate_and_mix(training, compiled, monkeypatch):
+    # candidates() (one fused pass forward and backward) = mix(gates(gate_logits)), with the
+    # same noise draw, in values and in the gradients of views, U_m, U'_m and the logits
+    if not compiled:
+        monkeypatch.setenv("MOMOK_PYG_COMPILE", "0")
+    torch.manual_seed(0)
+    rk = ReMoKE(6, 5, num_experts=3, noise=True).train(training)
+    with torch.no_grad():
+        rk.w_gate.normal_()
+        rk.w_noise.normal_()
+    x = torch.randn(30, 6)
+    views = rk.experts(x).detach().requires_grad_()
+    grad_out, grad_logits = torch.randn(30, 5), torch.randn(30, 3)
+    results = []
+    for fused in (True, False):
+        torch.manual_seed(1)
+        if fused:
+            cand, logits = rk.candidates(x, views)
+        else:
+            logits = rk.gate_logits(x, views)
+            cand = ReMoKE.mix(ReMoKE.gates(logits), views)
+        params = (views, rk.w_gate, rk.w_noise) if training else (views, rk.w_gate)
+        grads = torch.autograd.grad((cand * grad_out).sum() + (logits * grad_logits).sum(),
+                                    params)
+        results.append((cand, logits) + grads)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(results[0][-1], torch.zeros(()))  # noise/gate weight learns
+
+
 # ------------------------------------------------------------------------------- fusion ---
 def test_fusion_matches_definition_and_mean_is_uniform():
     torch.manual_seed(0)

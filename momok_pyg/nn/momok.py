@@ -341,9 +341,8 @@ class MoMoK(torch.nn.Module):
                 continue
             remoke = self.experts[m]
             views = remoke.experts(x)
-            logits = remoke.gate_logits(x, views)
-            st.views[m], st.logits[m] = views, logits
-            st.cand[m] = ReMoKE.mix(ReMoKE.gates(logits), views)  # relation-free gate
+            cand, logits = remoke.candidates(x, views)  # relation-free gate
+            st.views[m], st.logits[m], st.cand[m] = views, logits, cand
         if self.mujod.joint:
             st.cand[JOINT] = self.mujod.joint_embedding(
                 {m: st.cand[m] for m in self.expert_modalities})[0]

@@ -1,12 +1,14 @@
 r"""Relation-guided modality knowledge experts, ReMoKE (paper Eq. 2)."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Embedding, Parameter
+
+from .fused import fused_or_eager
 
 GATE_INPUTS = ("views", "raw")
 
@@ -35,6 +37,68 @@ class RelationTemperature(torch.nn.Module):
     def forward(self, rel: Tensor) -> Tensor:
         r"""Returns :math:`\sigma(\epsilon_r)` of shape ``[B]``."""
         return torch.sigmoid(self.eps(rel).squeeze(-1))
+
+
+def _gate_mix_kernel(views: Tensor, w: Tensor, noise: Optional[Tensor], noise_eps: float
+                     ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    r"""Relation-free gate and mixture of ``views`` ``[n, K, d]`` with the gate scorers
+    ``w`` ``[d, 1]`` (:math:`U_m`) or ``[d, 2]`` (:math:`U_m, U'_m`, with standard-normal
+    ``noise`` ``[n, K]``): ``(mixture [n, d], logits [n, K], gates [n, K], noise-scale
+    pre-activation [n, K] or None)``; logits and gates in float32."""
+    out = (views.unsqueeze(-1).float() * w.float()).sum(-2)  # [n, K, 1 or 2]
+    logits, raw = out[..., 0], None
+    if noise is not None:
+        raw = out[..., 1]
+        logits = logits + noise.float() * (F.softplus(raw) + noise_eps)
+    gates = torch.softmax(logits, dim=-1)
+    mixed = (gates.unsqueeze(-1) * views.float()).sum(1).to(views.dtype)
+    return mixed, logits, gates, raw
+
+
+def _gate_mix_grad_kernel(views: Tensor, w: Tensor, noise: Optional[Tensor], gates: Tensor,
+                          raw: Optional[Tensor], grad_mixed: Tensor, grad_logits: Tensor
+                          ) -> Tuple[Tensor, Tensor]:
+    r"""Gradients of :func:`_gate_mix_kernel`: ``(grad views [n, K, d], grad of the
+    logits' pre-activations [n, K, 1 or 2])``."""
+    gm = grad_mixed.float().unsqueeze(1)
+    v = views.float()
+    gg = (v * gm).sum(-1)  # d loss / d gates
+    gl = gates * (gg - (gates * gg).sum(-1, keepdim=True)) + grad_logits.float()
+    if noise is not None:
+        gpre = torch.stack([gl, gl * noise.float() * torch.sigmoid(raw)], dim=-1)
+    else:
+        gpre = gl.unsqueeze(-1)
+    grad_views = gates.unsqueeze(-1) * gm + (gpre.unsqueeze(-2) * w.float()).sum(-1)
+    return grad_views.to(views.dtype), gpre
+
+
+class _GateMix(torch.autograd.Function):
+    r"""The relation-free gate and mixture of all rows as two fused kernels (forward,
+    backward), each one pass over the ``[n, K, d]`` views: unfused, the gate scorers'
+    products with one or two output columns and the batched mixture each read the views,
+    and the backward writes three ``[n, K, d]`` gradients and adds them."""
+    @staticmethod
+    def forward(ctx: Any, views: Tensor, w: Tensor, noise: Optional[Tensor],
+                noise_eps: float) -> Tuple[Tensor, Tensor]:
+        mixed, logits, gates, raw = fused_or_eager(_gate_mix_kernel, views, w, noise,
+                                                   noise_eps)
+        ctx.save_for_backward(views, w, noise, gates, raw)
+        return mixed, logits
+
+    @staticmethod
+    def backward(ctx: Any, grad_mixed: Tensor, grad_logits: Tensor):
+        views, w, noise, gates, raw = ctx.saved_tensors
+        if grad_mixed is None:
+            grad_mixed = views.new_zeros(views.size(0), views.size(2))
+        if grad_logits is None:
+            grad_logits = gates.new_zeros(gates.shape)
+        grad_views, gpre = fused_or_eager(_gate_mix_grad_kernel, views, w, noise, gates, raw,
+                                          grad_mixed, grad_logits)
+        n, k, d = views.shape
+        # [c, nK] x [nK, d]: the row-major product (the transposed [nK, d]^T x [nK, c] one
+        # is several times slower for c <= 2)
+        grad_w = (gpre.reshape(n * k, -1).t().to(views.dtype) @ views.reshape(n * k, d))
+        return grad_views, grad_w.t().to(w.dtype), None, None
 
 
 class ReMoKE(torch.nn.Module):
@@ -77,6 +141,8 @@ class ReMoKE(torch.nn.Module):
 
     **Cost.** All :math:`K` experts run as one matmul ``[n, d_in] x [d_in, K d]``
     (:meth:`experts`); MoMoK calls it once per step for all entities and gathers head rows.
+    :meth:`candidates` gates and mixes all rows in one fused pass over the views (forward and
+    backward).
 
     Args:
         in_channels (int): Raw modality size :math:`d_{in}`.
@@ -144,6 +210,21 @@ class ReMoKE(torch.nn.Module):
             return clean
         std = F.softplus(raw_std) + self.noise_eps
         return clean + torch.randn_like(clean) * std
+
+    def candidates(self, x: Tensor, views: Tensor) -> Tuple[Tensor, Tensor]:
+        r"""The relation-free mixture (temperature 1) of every row and its gate logits
+        (noisy in training), ``([n, d], [n, K])``: ``mix(gates(logits), views)`` with
+        ``logits = gate_logits(x, views)``. For the paper's ``"views"`` gate, forward and
+        backward are each one fused pass over the views (same values; the noise is drawn
+        as :meth:`gate_logits` draws it)."""
+        if self.gate_input != "views":
+            logits = self.gate_logits(x, views)
+            return self.mix(self.gates(logits), views), logits
+        noisy = self.noise and self.training
+        w = torch.cat([self.w_gate, self.w_noise], dim=1) if noisy else self.w_gate
+        noise = (torch.randn(views.shape[:2], dtype=views.dtype, device=views.device)
+                 if noisy else None)
+        return _GateMix.apply(views, w, noise, self.noise_eps)
 
     @staticmethod
     def gates(logits: Tensor, temperature: Optional[Tensor] = None) -> Tensor:
