@@ -46,6 +46,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from bench_common import (BATCH_SIZE, DEFAULT_RAW, FEATURE_DIMS, MATMUL_SHAPE,  # noqa: E402
+                          SQUARE_SHAPE,
                           NUM_EXPERTS, REPO, environment, load_mkgy, matmul_gflops)
 from bench_workers import WORKERS  # noqa: E402
 from momok_pyg.nn.tucker import HIDDEN_DROPOUT_MODES  # noqa: E402
@@ -102,8 +103,14 @@ def verdicts(res: Dict[str, Any], quick: bool) -> List[Dict[str, Any]]:
                 what = "" if impl == "momok" else f" [{impl}]"
                 frac = r["achieved_gflops"] / rate
                 out.append({"target": f"training d=300{what}: counted FLOPs at >= 50% of the "
-                                      f"fp32 matmul rate", "value": round(frac, 3),
-                            "met": frac >= 0.5})
+                                      f"fp32 matmul rate (1-N scoring shape)",
+                            "value": round(frac, 3), "met": frac >= 0.5})
+                square = res["matmul_gflops"].get("fp32_square")
+                if square:
+                    frac = r["achieved_gflops"] / square
+                    out.append({"target": f"training d=300{what}: counted FLOPs at >= 50% of "
+                                          f"the fp32 matmul rate (square product)",
+                                "value": round(frac, 3), "met": frac >= 0.5})
                 out.append({"target": f"training d=300{what}: <= 60 s per epoch",
                             "value": round(r["epoch_seconds_median"], 2),
                             "met": r["epoch_seconds_median"] <= 60.0})
@@ -139,9 +146,12 @@ def print_table(res: Dict[str, Any]) -> None:
     print(f"\nmomok_pyg benchmark ({res['env']['cpu']}, {res['env']['threads']} threads, torch "
           f"{res['env']['torch']}, device {res['env']['device']})")
     print(f"measured matmul rate [{'x'.join(map(str, MATMUL_SHAPE))}]: fp32 "
-          f"{rate['fp32']:.1f} GFLOP/s, bf16 {_fmt(rate.get('bf16'), '', 1)} GFLOP/s")
+          f"{rate['fp32']:.1f} GFLOP/s, bf16 {_fmt(rate.get('bf16'), '', 1)} GFLOP/s; "
+          f"[{'x'.join(map(str, SQUARE_SHAPE))}]: fp32 "
+          f"{_fmt(rate.get('fp32_square'), '', 1)} GFLOP/s")
     hdr = (f"{'config':<10}{'impl':<22}{'epoch s':>10}{'TFLOP':>8}{'GFLOP/s':>9}{'%mm':>6}"
-           f"{'eval s':>9}{'RSS MiB':>9}{'MRR':>8}")
+           f"{'%sq':>6}{'eval s':>9}{'RSS MiB':>9}{'MRR':>8}")
+    square = rate.get("fp32_square")
     print(hdr)
     print("-" * len(hdr))
     for key, cfg in res["configs"].items():
@@ -156,6 +166,7 @@ def print_table(res: Dict[str, Any]) -> None:
             print(f"{key:<10}{impl:<22}{_fmt(ep) + star:>10}{_fmt(r['epoch_tflop']):>8}"
                   f"{_fmt(r['achieved_gflops'], '', 1):>9}"
                   f"{_fmt(100 * r['achieved_gflops'] / rate['fp32'], '', 0):>6}"
+                  f"{_fmt(100 * r['achieved_gflops'] / square if square else None, '', 0):>6}"
                   f"{_fmt(ev, '', 3) + star:>9}{_fmt(r['peak_rss_mb'], '', 0):>9}"
                   f"{_fmt(r.get('test_mrr'), '', 4):>8}")
         rt = cfg.get("ratios", {})
@@ -268,7 +279,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         # the preprocessing (SHA-256 check, parsing) once, outside any timed worker
         load_mkgy(Path(args.raw_root), root, seed=args.seed,
                   max_entities=base.get("max_entities"))
-        res["matmul_gflops"] = {"fp32": matmul_gflops(device)}
+        res["matmul_gflops"] = {"fp32": matmul_gflops(device),
+                                "fp32_square": matmul_gflops(device, shape=SQUARE_SHAPE,
+                                                             repeats=3)}
         if device.type == "cpu" or torch.cuda.is_bf16_supported():
             res["matmul_gflops"]["bf16"] = matmul_gflops(device, torch.bfloat16)
         for dim in dims:
