@@ -521,3 +521,24 @@ def test_exid_gradients_go_to_views_or_estimators_only():
     assert torch.isfinite(official.upper_bound({"a": views["a"]}))
     with pytest.raises(ValueError, match=r"\[B, 3, 6\]"):
         exid.upper_bound({"a": torch.randn(5, 2, 6), "b": views["b"]})
+
+
+def test_fused_kernels_take_parameters_of_any_size_without_recompiling():
+    # one kernel, called with Parameters of 12 sizes (models of different sizes in one
+    # process): parameter shapes are dynamic, so it compiles once or twice, and stays
+    # compiled (without that it recompiles per size and, past dynamo's limit of 8, runs
+    # op by op from then on)
+    from torch._dynamo.utils import counters
+    from momok_pyg.nn import fused
+
+    def scaled_sum(x, w):
+        return (x * w).sum(-1)
+
+    if not fused.compile_enabled():
+        pytest.skip("fused kernels are off")
+    before = counters["stats"]["unique_graphs"]
+    for n in range(3, 15):
+        w = torch.nn.Parameter(torch.randn(n))
+        x = torch.randn(5, n)
+        torch.testing.assert_close(fused.run_compiled(scaled_sum, x, w), (x * w).sum(-1))
+    assert 1 <= counters["stats"]["unique_graphs"] - before <= 2

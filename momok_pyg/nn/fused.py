@@ -19,6 +19,7 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 _COMPILED: Dict[Callable, Callable] = {}
+_RECOMPILE_LIMIT = 64
 _COMPILE_FAILED = False
 
 
@@ -54,7 +55,14 @@ def run_compiled(fn: Callable, *args) -> Optional[Any]:
     if compiled is None:
         compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True)
     try:
-        return compiled(*args)
+        # Parameters passed in (gate weights, relation tables) get dynamic shapes like any
+        # other input, and a kernel may be specialised more often than dynamo's default 8
+        # times (dtypes, autocast, thread counts, optional arguments): past that limit it
+        # would silently run op by op for the rest of the process (several models of
+        # different sizes in one process, as in a sweep or a test session).
+        with torch._dynamo.config.patch(force_parameter_static_shapes=False,
+                                        recompile_limit=_RECOMPILE_LIMIT):
+            return compiled(*args)
     except Exception as err:  # no C++ compiler / Triton: the eager kernels take over
         _COMPILE_FAILED = True
         warnings.warn(f"torch.compile of momok_pyg's fused kernels failed ({err!r:.200}); "

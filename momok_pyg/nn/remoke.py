@@ -80,8 +80,8 @@ class _GateMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, views: Tensor, w: Tensor, noise: Optional[Tensor],
                 noise_eps: float) -> Tuple[Tensor, Tensor]:
-        mixed, logits, gates, raw = fused_or_eager(_gate_mix_kernel, views, w, noise,
-                                                   noise_eps)
+        mixed, logits, gates, raw = fused_or_eager(_gate_mix_kernel, views, w.detach(),
+                                                   noise, noise_eps)
         ctx.save_for_backward(views, w, noise, gates, raw)
         return mixed, logits
 
