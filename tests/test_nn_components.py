@@ -232,13 +232,22 @@ def test_keep_masks_rate_independence_and_validation():
                  (k, keep_masks(torch.tensor(12), torch.tensor(0), 200, (100, 100),
                                 thr).float())):
         assert abs(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]) < 4e-3
-    # rows are addressed absolutely; the eager word-wise draw gives the same bits
+    # rows are addressed absolutely; the eager (in-place, blockwise) draw gives the same bits
     seed = torch.tensor(-5)
     tail = keep_masks(seed, torch.tensor(3), 4, (5, 7), thr)
     torch.testing.assert_close(tail, keep_masks(seed, torch.tensor(0), 7, (5, 7), thr)[3:])
     torch.testing.assert_close(td._all_masks(seed, 7, (5, 7), thr, chunk=2),
                                keep_masks(seed, torch.tensor(0), 7, (5, 7), thr))
     assert keep_masks(seed, torch.tensor(0), 100, (10, 10), keep_threshold(0.0)).all()
+    # the kernels take the int32 key, computed once outside them: same masks as the seed
+    key = td.seed_key(seed)
+    assert key.dtype == torch.int32 and td.seed_key(key) is key
+    torch.testing.assert_close(keep_masks(key, torch.tensor(2), 5, (5, 7), thr),
+                               keep_masks(seed, torch.tensor(2), 5, (5, 7), thr))
+    assert len({int(td.seed_key(torch.tensor(s))) for s in range(100)}) == 100
+    with pytest.raises(ValueError, match="2\\*\\*31 entries"):  # int32 counters
+        per_sample_dropout_matmul(torch.zeros(1000, 1500), torch.zeros(1000, dtype=torch.long),
+                                  torch.zeros(1, 1500, 1500), 0.5)
     stored = draw_keep_masks((200, 100, 100), 0.4, torch.Generator().manual_seed(0))
     assert stored.dtype == torch.bool and stored.shape == (200, 100, 100)
     assert abs(stored.float().mean().item() - keep_probability(0.4)) < 1e-3

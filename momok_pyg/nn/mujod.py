@@ -12,8 +12,8 @@ from .loss import (LOSSES, check_out_buffer, linear_one_to_n_loss, one_to_n_loss
                    product_into)
 from .tucker import TuckerScorer
 from .fused import fused_or_eager
-from .tucker_dropout import (draw_seed, flat_keep_masks, keep_masks, keep_probability,
-                             keep_threshold)
+from .tucker_dropout import (check_mask_entries, draw_seed, flat_keep_masks, keep_masks,
+                             keep_probability, keep_threshold, seed_key)
 
 JOINT = "joint"
 FUSIONS = ("attention", "mean")
@@ -69,14 +69,15 @@ def _dropped_heads(x: Tensor, seed: Tensor, heads: int, threshold: int,
                    scale: float) -> Tensor:
     r""":math:`\mathrm{drop}_h(\mathbf{x})` of every head, ``[H, n, d]``: ``x`` ``[n, d]`` times
     the counter-based keep masks of ``seed`` (:func:`head_dropout_masks`), times ``scale``."""
-    return fused_or_eager(_dropped_heads_kernel, x, seed, heads, threshold, scale,
+    check_mask_entries(heads * x.numel())
+    return fused_or_eager(_dropped_heads_kernel, x, seed_key(seed), heads, threshold, scale,
                            eager=_dropped_heads_eager)
 
 
 def _masked_head_sum(t: Tensor, seed: Tensor, threshold: int, scale: float) -> Tensor:
     r""":math:`\sum_h \mathbf{D}_h \odot \mathbf{t}_h \cdot` ``scale`` of ``t`` ``[H, n, d]``
     under the masks of :func:`_dropped_heads` (the gradient of its input)."""
-    return fused_or_eager(_masked_head_sum_kernel, t, seed, threshold, scale,
+    return fused_or_eager(_masked_head_sum_kernel, t, seed_key(seed), threshold, scale,
                            eager=_masked_head_sum_eager)
 
 

@@ -20,6 +20,9 @@ _LEVELS = 1 << 15
 _GAMMA = 0x9E3779B97F4A7C15 - (1 << 64)
 _MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
 _MIX2 = 0x94D049BB133111EB - (1 << 64)
+# lowbias32 (C. Wellons, "Prospecting for hash functions", 2018) constants as signed int32
+_LB1 = 0x7FEB352D
+_LB2 = 0x846CA68B - (1 << 32)
 
 
 def keep_threshold(p: float) -> int:
@@ -54,53 +57,92 @@ def draw_keep_masks(shape: Tuple[int, ...], p: float,
     return torch.le(u, keep_threshold(p) - 1).view(shape)
 
 
-def _shr(z: Tensor, s: int) -> Tensor:
-    # logical right shift of int64 (torch's >> is arithmetic)
-    return (z >> s) & ((1 << (64 - s)) - 1)
+def _shr(z: Tensor, s: int, bits: int = 64) -> Tensor:
+    # logical right shift of int64 / int32 (torch's >> is arithmetic)
+    return (z >> s) & ((1 << (bits - s)) - 1)
 
 
 def splitmix64(counter: Tensor, seed: Tensor) -> Tensor:
     r"""Output number ``counter`` of the SplitMix64 generator started at ``seed``: the
     finaliser of :math:`s + c \cdot \gamma \bmod 2^{64}` (int64, wrapping). A bijection of
-    the counter for a fixed seed; an elementwise function, so any entry of a mask can be
-    recomputed anywhere, in any order, by a fused kernel."""
+    the counter for a fixed seed (used here to turn a seed into a :func:`seed_key`)."""
     z = seed + counter * _GAMMA
     z = (z ^ _shr(z, 30)) * _MIX1
     z = (z ^ _shr(z, 27)) * _MIX2
     return z ^ _shr(z, 31)
 
 
+def seed_key(seed: Tensor) -> Tensor:
+    r"""The 0-dim int32 key of a 0-dim int64 mask seed: the low half of :func:`splitmix64`
+    :math:`(0)` started at ``seed`` (so that nearby seeds give unrelated keys); an int32
+    tensor is taken to be a key already and returned as is. Callers of the fused kernels
+    compute it once, outside them (inside, Inductor would recompute it for every entry)."""
+    if seed.dtype == torch.int32:  # already a key
+        return seed
+    return splitmix64(torch.zeros_like(seed), seed).to(torch.int32)
+
+
+def hash32(counter: Tensor, key: Tensor) -> Tensor:
+    r"""A 32-bit integer hash of ``counter ^ key`` (int32, wrapping): C. Wellons'
+    ``lowbias32`` finaliser (two multiplies, three xor-shifts; every output bit depends on
+    every input bit). A bijection of the counter for a fixed key; elementwise, so a fused
+    kernel recomputes any entry of a mask anywhere, in any order, with 32-bit lanes."""
+    x = counter ^ key
+    x = (x ^ _shr(x, 16, 32)) * _LB1
+    x = (x ^ _shr(x, 15, 32)) * _LB2
+    return x ^ _shr(x, 16, 32)
+
+
+#: masks are addressed by int32 counters: at most this many entries per seed
+MAX_MASK_ENTRIES = 1 << 31
+
+
+def check_mask_entries(n: int) -> None:
+    r"""Raises unless ``n`` mask entries fit the int32 counters of :func:`keep_masks`."""
+    if n > MAX_MASK_ENTRIES:
+        raise ValueError(f"a counter-based dropout mask of {n} entries is too large: at most "
+                         f"2**31 entries per seed (int32 counters)")
+
+
 def keep_masks(seed: Tensor, row0: Tensor, rows: int, shape: Tuple[int, int],
                threshold: int) -> Tensor:
     r"""Boolean keep masks ``[rows, d, d']`` of the rows ``row0, ..., row0 + rows - 1``.
 
-    Entry :math:`(b, i, j)` has the counter :math:`c = (b d + i) d' + j`; it reads the 16-bit
-    lane :math:`c \bmod 4` of the 64-bit word :func:`splitmix64` :math:`(\lfloor c/4
-    \rfloor)` and is kept iff that lane's low 15 bits are below ``threshold``
-    (:func:`keep_threshold`): independently with probability ``threshold / 2**15``.
+    Entry :math:`(b, i, j)` has the counter :math:`c = (b d + i) d' + j` (int32) and is kept
+    iff the low 15 bits of :func:`hash32` :math:`(c, k)` are below ``threshold``
+    (:func:`keep_threshold`), :math:`k` the :func:`seed_key` of ``seed``: independently
+    with probability ``threshold / 2**15``.
 
     Args:
-        seed (Tensor): 0-dim int64 seed, drawn afresh for every product.
-        row0 (Tensor): 0-dim int64 index of the first row.
+        seed (Tensor): 0-dim int64 seed, drawn afresh for every product, or its int32
+            :func:`seed_key`.
+        row0 (Tensor): 0-dim integer index of the first row.
         rows (int): number of rows.
         shape (Tuple[int, int]): ``(d, d')`` of one mask.
         threshold (int): see :func:`keep_threshold`.
     """
     d, e = shape
-    b = (torch.arange(rows, device=seed.device) + row0).view(-1, 1, 1)
-    i = torch.arange(d, device=seed.device).view(1, -1, 1)
-    j = torch.arange(e, device=seed.device).view(1, 1, -1)
+    b = (torch.arange(rows, dtype=torch.int32, device=seed.device)
+         + row0.to(torch.int32)).view(-1, 1, 1)
+    i = torch.arange(d, dtype=torch.int32, device=seed.device).view(1, -1, 1)
+    j = torch.arange(e, dtype=torch.int32, device=seed.device).view(1, 1, -1)
     c = (b * d + i) * e + j
-    return ((splitmix64(c >> 2, seed) >> ((c & 3) * 16)) & (_LEVELS - 1)) < threshold
+    return (hash32(c, seed_key(seed)) & (_LEVELS - 1)) < threshold
 
 
 def _keep_flat(seed: Tensor, start: int, n: int, threshold: int) -> Tensor:
-    # entries start, ..., start + n - 1 of keep_masks, flat: one hash per word, not per entry
-    # (the int16 view reads the lanes of a little-endian word in order)
-    w0 = start // 4
-    words = splitmix64(torch.arange(w0, (start + n + 3) // 4, device=seed.device), seed)
-    lanes = words.view(torch.int16)[start - 4 * w0:start - 4 * w0 + n]
-    return (lanes & (_LEVELS - 1)) < threshold
+    # entries start, ..., start + n - 1 of keep_masks, flat
+    # (hash32 in place: the eager masks are drawn in large blocks)
+    check_mask_entries(start + n)
+    x = torch.arange(start, start + n, dtype=torch.int32, device=seed.device)
+    x.bitwise_xor_(seed_key(seed))
+    t = torch.empty_like(x)
+    for shift, mult in ((16, _LB1), (15, _LB2), (16, None)):
+        torch.bitwise_right_shift(x, shift, out=t)
+        x.bitwise_xor_(t.bitwise_and_((1 << (32 - shift)) - 1))
+        if mult is not None:
+            x.mul_(mult)
+    return x.bitwise_and_(_LEVELS - 1) < threshold
 
 
 # The fused kernels: Inductor turns each into one loop nest that hashes, masks, multiplies and
@@ -137,9 +179,9 @@ def _fused(name: str, *args) -> Optional[Tensor]:
 
 def flat_keep_masks(seed: Tensor, shape: Tuple[int, ...], threshold: int) -> Tensor:
     r"""Eager boolean keep masks of ``shape``: entry number :math:`c` (row-major) is kept iff
-    the 15 low bits of 16-bit lane :math:`c \bmod 4` of :func:`splitmix64`
-    :math:`(\lfloor c/4 \rfloor)` are below ``threshold``, as :func:`keep_masks` decides it
-    (a ``[rows, d, d']`` ``shape`` gives the masks of ``keep_masks(seed, 0, rows, (d, d'))``)."""
+    the 15 low bits of :func:`hash32` :math:`(c, k)` are below ``threshold``, as
+    :func:`keep_masks` decides it (a ``[rows, d, d']`` ``shape`` gives the masks of
+    ``keep_masks(seed, 0, rows, (d, d'))``)."""
     return _keep_flat(seed, 0, math.prod(shape), threshold).view(shape)
 
 
@@ -176,8 +218,8 @@ def _chunks(counts, chunk: int):
 
 
 class _PerSampleHiddenDropout(torch.autograd.Function):
-    r"""See :func:`per_sample_dropout_matmul`. Saves the inputs and a 64-bit seed: the
-    masks are recomputed in the backward pass instead of stored."""
+    r"""See :func:`per_sample_dropout_matmul`. Saves the inputs and the masks' 32-bit key:
+    the masks are recomputed in the backward pass instead of stored."""
 
     @staticmethod
     def forward(ctx, x: Tensor, mats: Tensor, group: Tensor, perm: Tensor, counts: Tensor,
@@ -185,7 +227,8 @@ class _PerSampleHiddenDropout(torch.autograd.Function):
                 use_compile: bool) -> Tensor:
         dtype = torch.promote_types(x.dtype, mats.dtype)
         x, mats = x.to(dtype), mats.to(dtype)
-        seed = draw_seed(x.device, generator)
+        check_mask_entries(x.size(0) * mats.size(1) * mats.size(2))
+        seed = seed_key(draw_seed(x.device, generator))  # once, outside the kernels
         threshold = keep_threshold(p)
         scale = _LEVELS / threshold
         xs, gs = x.index_select(0, perm), group.index_select(0, perm)
