@@ -245,6 +245,14 @@ def test_keep_masks_rate_independence_and_validation():
     torch.testing.assert_close(keep_masks(key, torch.tensor(2), 5, (5, 7), thr),
                                keep_masks(seed, torch.tensor(2), 5, (5, 7), thr))
     assert len({int(td.seed_key(torch.tensor(s))) for s in range(100)}) == 100
+    # no correlation at any of these lags, for several seeds (16.7M entries: |z| < 5; a hash
+    # of counter ^ key without the odd multiplier gives z ~ 9 at lag 64 for every key)
+    n = 1 << 24
+    for s in (0, 1, 2):
+        m = td.flat_keep_masks(torch.tensor(s), (n, ), thr).float()
+        for lag in (1, 2, 64, 300, 1024, 90000):
+            corr = torch.corrcoef(torch.stack([m[:-lag], m[lag:]]))[0, 1]
+            assert abs(float(corr)) * n ** 0.5 < 5, (s, lag, float(corr))
     with pytest.raises(ValueError, match="2\\*\\*31 entries"):  # int32 counters
         per_sample_dropout_matmul(torch.zeros(1000, 1500), torch.zeros(1000, dtype=torch.long),
                                   torch.zeros(1, 1500, 1500), 0.5)
