@@ -268,6 +268,22 @@ def test_keep_masks_rate_independence_and_validation():
                                   torch.randn(1, 3, 3), 0.5, chunk=0)
 
 
+def test_dropout_is_inverted_dropout_with_its_keep_probability():
+    import momok_pyg.nn.tucker_dropout as td
+    x = torch.randn(400, 300, requires_grad=True)
+    y = td.dropout(x, 0.3, True, torch.Generator().manual_seed(0))
+    kept = y != 0
+    assert abs(kept.float().mean().item() - keep_probability(0.3)) < 5e-3
+    assert torch.allclose(y[kept], x[kept] / keep_probability(0.3))
+    y.backward(torch.ones_like(y))  # the gradient is the mask over the keep probability
+    assert torch.allclose(x.grad, kept.float() / keep_probability(0.3))
+    again = td.dropout(x, 0.3, True, torch.Generator().manual_seed(0))
+    assert torch.equal(again, y) and not torch.equal(td.dropout(x, 0.3, True), y)
+    assert td.dropout(x, 0.3, False) is x and td.dropout(x, 0.0, True) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        td.dropout(x, 1.0, True)
+
+
 def test_relation_hidden_dropout_shares_one_mask_per_relation():
     rel_mode = _hidden_samples("relation", 64)  # all 64 samples have relation 1
     assert torch.allclose(rel_mode, rel_mode[:1].expand_as(rel_mode))

@@ -11,7 +11,8 @@ from torch.nn import BatchNorm1d, Embedding, Parameter
 
 from momok_pyg.nn.grad_buffers import gradient_buffer
 from momok_pyg.nn.grouped import group_by_relation, relation_grouped_matmul
-from momok_pyg.nn.tucker_dropout import gradient_noise_matmul, per_sample_dropout_matmul
+from momok_pyg.nn.tucker_dropout import (dropout, gradient_noise_matmul,
+                                         per_sample_dropout_matmul)
 
 __all__ = ["TuckerScorer", "HIDDEN_DROPOUT_MODES", "group_by_relation",
            "relation_grouped_matmul"]
@@ -195,7 +196,7 @@ class TuckerScorer(torch.nn.Module):
                 raise ValueError("this TuckerScorer has no relation table; pass rel_table")
             rel_table = self.rel_emb.weight
         x = self.bn0(head) if self.bn0 is not None else head
-        x = F.dropout(x, self.input_dropout, self.training)
+        x = dropout(x, self.input_dropout, self.training)
         if all_matrices is not None and self.grouped == "loop" and not self._hidden_active():
             # The cached table is used in place (no [U, d_e, d_e] copy of it per batch).
             q = relation_grouped_matmul(x, rel, all_matrices)
@@ -207,7 +208,7 @@ class TuckerScorer(torch.nn.Module):
                 mats = self.relation_matrices(rel_table.index_select(0, unique))
             q = self._hidden(x, group, mats, (perm, counts))
         q = self.bn1(q) if self.bn1 is not None else q
-        return F.dropout(q, self.output_dropout, self.training)
+        return dropout(q, self.output_dropout, self.training)
 
     def _hidden_active(self) -> bool:
         return self.training and self.hidden_dropout > 0.0

