@@ -305,6 +305,27 @@ def test_remoke_experts_match_definition():
         torch.testing.assert_close(views[:, i], (x - rk.bias[i]) @ rk.weight[:, i])
 
 
+@pytest.mark.parametrize("d_in", [6, 16, 37])
+def test_remoke_expert_gradients_match_definition(d_in):
+    # widths off a multiple of 16 take the padded input-gradient product
+    torch.manual_seed(0)
+    rk = ReMoKE(d_in, 5, num_experts=3)
+    with torch.no_grad():
+        rk.bias.normal_()
+    x = torch.randn(40, d_in, requires_grad=True)
+    g = torch.randn(40, 3, 5)
+    views = rk.experts(x)
+    assert ("InputGradPadded" in type(views.grad_fn.next_functions[0][0]).__name__) == (
+        d_in % 16 != 0)
+    views.backward(g)
+    x2 = x.detach().clone().requires_grad_()
+    w, b = rk.weight.detach().clone().requires_grad_(), rk.bias.detach().clone().requires_grad_()
+    torch.einsum("nki,ikd->nkd", x2.unsqueeze(1) - b, w).backward(g)
+    for got, want in ((x.grad, x2.grad), (rk.weight.grad, w.grad), (rk.bias.grad, b.grad)):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("gate_input", ["views", "raw"])
 def test_gates_sum_to_one_and_sharpen_with_temperature(gate_input):
     torch.manual_seed(0)

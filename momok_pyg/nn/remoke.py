@@ -13,6 +13,43 @@ from .fused import fused_or_eager
 GATE_INPUTS = ("views", "raw")
 
 
+#: the input gradient's product gets an output width that is a multiple of this
+_GRAD_WIDTH = 16
+
+
+def _pads_input_grad(x: Tensor, weight: Tensor) -> bool:
+    # float32 CPU only, and only when x needs a gradient of a width off the multiple
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled()
+            and x.requires_grad and x.size(1) % _GRAD_WIDTH != 0)
+
+
+class _InputGradPaddedAddmm(torch.autograd.Function):
+    r""":math:`\mathbf{b} + \mathbf{X}\mathbf{W}`, ``torch.addmm``, whose input gradient
+    :math:`\mathbf{G}\mathbf{W}^\top` ``[n, d_in]`` is computed ``d_in`` rounded up to a
+    multiple of 16 wide (zero rows appended to :math:`\mathbf{W}`) and sliced back. On
+    2 cores (MKL, ``[15000, 900] x [900, d_in]``) ``d_in`` = 300 and 383 run at 111 and 103
+    GFLOP/s, 304 and 384 at 164 and 175: the expert input gradients of the structure
+    (300-d) and image (383-d) modalities take 50 and 59 ms instead of 73 and 100."""
+
+    @staticmethod
+    def forward(ctx: Any, bias: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        return torch.addmm(bias, x, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        grad_bias = grad.sum(0) if ctx.needs_input_grad[0] else None
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[1]:
+            pad = -weight.size(0) % _GRAD_WIDTH
+            grad_x = grad.mm(F.pad(weight, (0, 0, 0, pad)).t())[:, :weight.size(0)]
+        if ctx.needs_input_grad[2]:
+            grad_weight = x.t().mm(grad)
+        return grad_bias, grad_x, grad_weight
+
+
 class ReMoKEOutput(NamedTuple):
     out: Tensor  #: ``[n, d]`` gated mixture :math:`\sum_i G_i \mathbf{V}_i`
     views: Tensor  #: ``[n, K, d]`` expert views :math:`\mathbf{V}_{1..K}`
@@ -190,8 +227,10 @@ class ReMoKE(torch.nn.Module):
             xk = F.dropout(x.unsqueeze(1).expand(-1, k, -1), self.dropout, True)
             return torch.einsum("nki,ikd->nkd", xk - self.bias, self.weight)
         shift = torch.einsum("ki,ikd->kd", self.bias, self.weight)  # W_i b_i
-        return torch.addmm(-shift.reshape(k * d), x,
-                           self.weight.view(self.in_channels, k * d)).view(-1, k, d)
+        weight = self.weight.view(self.in_channels, k * d)
+        if _pads_input_grad(x, weight):
+            return _InputGradPaddedAddmm.apply(-shift.reshape(k * d), x, weight).view(-1, k, d)
+        return torch.addmm(-shift.reshape(k * d), x, weight).view(-1, k, d)
 
     def gate_logits(self, x: Tensor, views: Tensor) -> Tensor:
         r"""Gate logits :math:`U_m(\mathbf{V}_i) + \delta_i` (noise in training only),
