@@ -305,6 +305,30 @@ def test_remoke_experts_match_definition():
         torch.testing.assert_close(views[:, i], (x - rk.bias[i]) @ rk.weight[:, i])
 
 
+def test_remoke_expert_dropout_masks_every_expert_input_independently():
+    # training views with expert dropout == the definition on inputs masked by the
+    # draw_keep_masks masks of the global generator, one [n, d_in] mask per expert
+    from momok_pyg.nn.tucker_dropout import keep_probability as keep
+    torch.manual_seed(0)
+    rk = ReMoKE(37, 4, num_experts=3, dropout=0.3).train()
+    with torch.no_grad():
+        rk.bias.normal_()
+    x = torch.randn(50, 37)
+    torch.manual_seed(7)
+    views = rk.experts(x)
+    torch.manual_seed(7)
+    mask = draw_keep_masks((50, 3, 37), 0.3).float() / keep(0.3)
+    assert 0.6 < mask.ne(0).float().mean() < 0.8
+    assert not torch.equal(mask[:, 0], mask[:, 1])
+    for i in range(3):  # V_i = W_i (drop_i(x) - b_i)
+        torch.testing.assert_close(views[:, i], (x * mask[:, i] - rk.bias[i]) @ rk.weight[:, i])
+    rk.eval()
+    torch.testing.assert_close(rk.experts(x)[:, 1], (x - rk.bias[1]) @ rk.weight[:, 1])
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="expert dropout"):
+            ReMoKE(6, 4, dropout=bad)
+
+
 @pytest.mark.parametrize("d_in", [6, 16, 37])
 def test_remoke_expert_gradients_match_definition(d_in):
     # widths off a multiple of 16 take the padded input-gradient product

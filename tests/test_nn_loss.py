@@ -60,6 +60,12 @@ def test_linear_one_to_n_loss_equals_loss_of_the_product(kind, eps):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
         for a, b in zip(torch.autograd.grad(3.0 * got, qs + cs), g_ref):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # the saved gradients are scaled in place: a second backward through the node raises
+    # rather than scaling them twice
+    got = linear_one_to_n_loss(qs[0], cs[0], y.to_sparse(), kind, eps)
+    torch.autograd.grad(3.0 * got, qs[:1] + cs[:1], retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace operation"):
+        torch.autograd.grad(3.0 * got, qs[:1] + cs[:1])
     for bad in (torch.empty(B, N - 1), torch.empty(B, N, dtype=torch.float64)):
         with pytest.raises(ValueError, match=r"out must be a float32 tensor of shape \(9, 23\)"):
             linear_one_to_n_loss(qs[0], cs[0], y, kind, eps, out=bad)

@@ -167,8 +167,12 @@ class _LinearOneToNLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor):
+        # scaled in place: a second backward through this node (retain_graph) raises
+        # autograd's "modified by an inplace operation" error instead of reusing them, and
+        # no fresh [N, d] tensor is faulted in per modality and step
         grad_query, grad_cand = ctx.saved_tensors
-        return (grad_query * grad_out, grad_cand * grad_out, None, None, None, None, None, None)
+        return (grad_query.mul_(grad_out), grad_cand.mul_(grad_out), None, None, None, None,
+                None, None)
 
 
 def one_to_n_loss(score: Tensor, target: Tensor, loss: str = "ce",

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.nn import Embedding, Parameter
 
 from .fused import fused_or_eager
+from .tucker_dropout import dropout as inverted_dropout
 
 GATE_INPUTS = ("views", "raw")
 
@@ -198,6 +199,8 @@ class ReMoKE(torch.nn.Module):
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         if gate_input not in GATE_INPUTS:
             raise ValueError(f"gate_input must be one of {GATE_INPUTS}, got {gate_input!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"expert dropout must be in [0, 1), got {dropout}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.num_experts = num_experts
@@ -224,7 +227,7 @@ class ReMoKE(torch.nn.Module):
         r"""All expert views :math:`\mathbf{V}`, ``[n, d_in] -> [n, K, d]``."""
         k, d = self.num_experts, self.out_channels
         if self.training and self.dropout > 0:
-            xk = F.dropout(x.unsqueeze(1).expand(-1, k, -1), self.dropout, True)
+            xk = inverted_dropout(x.unsqueeze(1).expand(-1, k, -1), self.dropout)
             return torch.einsum("nki,ikd->nkd", xk - self.bias, self.weight)
         shift = torch.einsum("ki,ikd->kd", self.bias, self.weight)  # W_i b_i
         weight = self.weight.view(self.in_channels, k * d)

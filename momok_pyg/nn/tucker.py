@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn import BatchNorm1d, Embedding, Parameter
@@ -221,11 +220,10 @@ class TuckerScorer(torch.nn.Module):
             return relation_grouped_matmul(x, group, mats, self.grouped, grouping)
         if self.hidden_dropout_mode == "sample":
             return per_sample_dropout_matmul(x, group, mats, p, grouping=grouping)
-        if self.hidden_dropout_mode == "relation":
-            return relation_grouped_matmul(x, group, F.dropout(mats, p, True), self.grouped,
-                                           grouping)
         if p >= 1.0:
             return x.new_zeros(x.size(0), mats.size(-1))
+        if self.hidden_dropout_mode == "relation":
+            return relation_grouped_matmul(x, group, dropout(mats, p), self.grouped, grouping)
         if self.hidden_dropout_mode == "moments":
             mean = gradient_noise_matmul(x, group, mats, p, grouping, self.grouped)
         else:
