@@ -202,7 +202,10 @@ def linear_one_to_n_loss(query: Tensor, cand: Tensor, target: Tensor, loss: str 
     the two gradient products :math:`\mathbf{G}\mathbf{C}` and
     :math:`\mathbf{G}^\top\mathbf{Q}` at once (the FLOPs of the unfused backward, done
     early), keeping only those ``[B, d]`` and ``[N, d]`` results for backward. For training
-    steps (the gradient is computed even if backward is never called).
+    steps (the gradient is computed even if backward is never called). The backward pass
+    scales those results in place, so it runs once per call: a second backward through a
+    retained graph raises autograd's in-place modification error (use
+    :func:`one_to_n_loss` on the product for that).
 
     Args:
         query (Tensor): ``[B, d]`` queries :math:`\mathbf{Q}`.
