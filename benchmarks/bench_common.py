@@ -89,10 +89,36 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+#: /proc/cpuinfo flags that decide the matmul and bf16 rates (recorded when present)
+MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+                "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_features() -> Dict[str, Any]:
+    r"""What tells two machines of one CPU name apart: torch's kernel capability
+    (``torch.backends.cpu.get_cpu_capability()``), ``cpu family`` / ``model`` of
+    ``/proc/cpuinfo`` and those of its :data:`MATMUL_FLAGS` it lists (Linux only)."""
+    out: Dict[str, Any] = {"capability": torch.backends.cpu.get_cpu_capability()}
+    try:
+        fields = {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break  # the first processor is enough
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    except OSError:
+        return out
+    out["family_model"] = f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}"
+    flags = set(fields.get("flags", "").split())
+    out["flags"] = [f for f in MATMUL_FLAGS if f in flags]
+    return out
+
+
 def environment(device: torch.device) -> Dict[str, Any]:
     env = {
         "python": platform.python_version(), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(), "cpu": cpu_name(), "cpu_features": cpu_features(),
+        "cpu_count": os.cpu_count(),
         "device": str(device), "git_commit": git_commit(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }

@@ -17,6 +17,7 @@ from momok_pyg.nn import MoMoK
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from naive_reference import NaiveMoMoK, naive_rank  # noqa: E402
+import bench_common  # noqa: E402
 
 N, R = 60, 4
 
@@ -154,6 +155,16 @@ def test_hidden_dropout_micro_benchmark_writes_every_variant(tmp_path):
     assert all(len(v) == 2 and min(v) > 0 for v in res["seconds"].values())
     assert res["ratio_to_sample_fused"]["sample_fused"] == 1.0
     assert res["config"]["dim"] == 6
+    # the machine is told apart by more than its CPU name (two "AMD EPYC" machines differed
+    # 2.3x in bf16 matmul rate)
+    feats = res["env"]["cpu_features"]
+    assert feats["capability"] == torch.backends.cpu.get_cpu_capability()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        first = cpuinfo.read_text().split("\n\n")[0]
+        flags = next(line for line in first.splitlines() if line.startswith("flags")).split()
+        assert feats["flags"] == [f for f in bench_common.MATMUL_FLAGS if f in flags[2:]]
+        assert "/" in feats["family_model"] and "?" not in feats["family_model"]
 
 
 def test_counted_flops_match_torch_flop_counter():
