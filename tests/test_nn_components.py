@@ -485,6 +485,23 @@ def test_fusion_dropout_keeps_no_input_sized_tensor_and_eager_matches_fused(monk
     assert not torch.equal(eager[0], _fusion_run(fu, xs, 6)[0])  # a new seed, new masks
 
 
+@pytest.mark.parametrize("layout", ["hdn", "hnd"])
+def test_masked_head_sum_equals_eager_in_both_layouts(layout):
+    # the fusion's input gradient sum_h D_h * t_h * scale: a t laid out [H, d, n] (the
+    # backward's products) takes its own kernel; both equal the eager masks exactly
+    from momok_pyg.nn.mujod import _masked_head_sum, _masked_head_sum_eager
+    torch.manual_seed(0)
+    heads, n, d = 3, 37, 21
+    t = (torch.randn(heads, d, n).transpose(1, 2) if layout == "hdn"
+         else torch.randn(heads, n, d))
+    seed, threshold = torch.tensor(987654321), keep_threshold(0.3)
+    got = _masked_head_sum(t, seed, threshold, 1.25)
+    want = _masked_head_sum_eager(t, seed, threshold, 1.25)
+    assert got.shape == (n, d) and got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert 0.4 < (got != 0).float().mean() < 0.99  # some entries dropped in every head
+
+
 @pytest.mark.parametrize("fusion", ["attention", "mean"])
 @pytest.mark.parametrize("dropout", [0.25, 0.0])
 def test_fusion_gradcheck_through_both_outputs(fusion, dropout):
