@@ -291,6 +291,15 @@ def test_relation_hidden_dropout_shares_one_mask_per_relation():
     assert not torch.allclose(exact, exact[:1].expand_as(exact))
     with pytest.raises(ValueError, match="hidden_dropout_mode"):
         TuckerScorer(3, 4, 4, hidden_dropout_mode="bernoulli")
+    # p = 1 drops every matrix entry, and the core still takes part in the graph (a zero
+    # gradient, as F.dropout gave), so Adam's moments keep decaying for it
+    scorer = TuckerScorer(3, 6, 4, input_dropout=0.0, hidden_dropout=1.0, output_dropout=0.0,
+                          batch_norm=False, hidden_dropout_mode="relation").train()
+    q = scorer.query(torch.randn(5, 6), torch.tensor([0, 1, 1, 2, 0]))
+    assert torch.equal(q, torch.zeros_like(q))
+    q.sum().backward()
+    assert scorer.core.grad is not None and torch.equal(scorer.core.grad,
+                                                         torch.zeros_like(scorer.core))
 
 
 # --------------------------------------------------------------------------------- ReMoKE --

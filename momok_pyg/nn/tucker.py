@@ -220,10 +220,11 @@ class TuckerScorer(torch.nn.Module):
             return relation_grouped_matmul(x, group, mats, self.grouped, grouping)
         if self.hidden_dropout_mode == "sample":
             return per_sample_dropout_matmul(x, group, mats, p, grouping=grouping)
+        if self.hidden_dropout_mode == "relation":  # p = 1: all-zero matrices, as F.dropout
+            dropped = mats * 0.0 if p >= 1.0 else dropout(mats, p)
+            return relation_grouped_matmul(x, group, dropped, self.grouped, grouping)
         if p >= 1.0:
             return x.new_zeros(x.size(0), mats.size(-1))
-        if self.hidden_dropout_mode == "relation":
-            return relation_grouped_matmul(x, group, dropout(mats, p), self.grouped, grouping)
         if self.hidden_dropout_mode == "moments":
             mean = gradient_noise_matmul(x, group, mats, p, grouping, self.grouped)
         else:
