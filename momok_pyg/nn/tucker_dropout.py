@@ -12,6 +12,7 @@ from torch import Tensor
 
 from momok_pyg.nn.fused import compile_enabled, compile_failed, run_compiled
 from momok_pyg.nn.grouped import relation_grouped_matmul, sort_groups
+from momok_pyg.nn.scratch import scratch
 
 #: resolution of the keep probability: masks compare 15-bit uniform integers to a threshold
 _LEVELS = 1 << 15
@@ -280,7 +281,11 @@ class _PerSampleHiddenDropout(torch.autograd.Function):
         grad_x = grad_w = None
         with torch.autocast(xs.device.type, enabled=False):
             if fused:
-                grad_x = _fused("grad_x", g, mats.transpose(1, 2).contiguous(), group,
+                # W^T of every group, in a buffer reused from step to step (scratch)
+                mats_t = scratch("tucker_dropout.mats_t", (mats.size(0), mats.size(2),
+                                                           mats.size(1)), mats.dtype,
+                                 mats.device).copy_(mats.transpose(1, 2))
+                grad_x = _fused("grad_x", g, mats_t, group,
                                 seed.new_zeros(()), seed, threshold,
                                 scale) if ctx.needs_input_grad[0] else None
                 if compile_failed():  # failed just now: the eager kernels take over

@@ -37,7 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from momok_pyg.datasets.schema import STRUCTURE, feature_modalities, get_triples
-from momok_pyg.nn import grad_buffers
+from momok_pyg.nn import grad_buffers, scratch
 
 from .batching import OneToNQueries, epoch_generator
 from .checkpoint import (atomic_torch_save, atomic_write_json, get_rng_state, git_commit,
@@ -199,8 +199,9 @@ def train_epoch(model: torch.nn.Module, queries: OneToNQueries, optimizer: torch
 
     Returns the mean KGC loss, the mean ExID upper bound and the mean Q-network loss. Runs
     with glibc's mmap threshold at ``config.malloc_mmap_threshold`` (see
-    :func:`~momok_pyg.training.memory.mmap_threshold_while`); the gradient buffers reused
-    from step to step (:mod:`momok_pyg.nn.grad_buffers`) are released at its end.
+    :func:`~momok_pyg.training.memory.mmap_threshold_while`); the gradient and scratch
+    buffers reused from step to step (:mod:`momok_pyg.nn.grad_buffers`,
+    :mod:`momok_pyg.nn.scratch`) are released at its end.
     """
     try:
         with mmap_threshold_while(config.malloc_mmap_threshold):
@@ -208,6 +209,7 @@ def train_epoch(model: torch.nn.Module, queries: OneToNQueries, optimizer: torch
                                 progress)
     finally:
         grad_buffers.release()
+        scratch.release()
 
 
 def _train_epoch(model: torch.nn.Module, queries: OneToNQueries,
