@@ -159,10 +159,10 @@ class _LinearOneToNLoss(torch.autograd.Function):
             grad = _loss_grad(s, row, col, value, kind, eps, aux, inplace=True)
         grad = grad.to(q_mm.dtype)
         # the backward's products, done now, so that no [B, N] tensor outlives forward
-        # (G^T Q computed as (Q^T G)^T: the kernel for a transposed [B, N] left operand is
-        # slower than the copy of the [d, N] result)
+        # (G^T Q with G^T a transposed view: on the 2-core AVX-512 benchmark machine 48 ms
+        # at B = 1024, N = 15000, d = 300, against 52 + 4 ms for (Q^T G)^T and its copy)
         ctx.save_for_backward((grad @ c_mm).to(query.dtype),
-                              (q_mm.t() @ grad).t().contiguous().to(cand.dtype))
+                              (grad.t() @ q_mm).to(cand.dtype))
         return loss
 
     @staticmethod
