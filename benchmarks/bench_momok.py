@@ -55,9 +55,27 @@ from momok_pyg.nn.tucker import HIDDEN_DROPOUT_MODES  # noqa: E402
 
 #: what the ``--malloc-variant`` run changes: ``TrainConfig.malloc_mmap_threshold=None``,
 #: glibc's default allocator (its mmap threshold adapts upwards to 32 MiB, after which freed
-#: blocks of up to 32 MiB stay in the heap and count in RSS) instead of the shipped fixed
-#: 1 MiB threshold
+#: blocks of up to 32 MiB stay in the heap and count in RSS), or a fixed threshold of the
+#: given bytes, instead of the shipped fixed 8 MiB threshold
 MALLOC_VARIANT = "TrainConfig(malloc_mmap_threshold=None): glibc's default (growing) threshold"
+
+
+def malloc_variant(value: str) -> Optional[int]:
+    r"""``--malloc-variant``'s value: ``"default"`` (glibc's growing threshold, ``None``) or a
+    fixed threshold in bytes."""
+    if value == "default":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'default' or a number of bytes, got "
+                                         f"{value!r}") from None
+
+
+def malloc_variant_name(threshold: Optional[int]) -> str:
+    if threshold is None:
+        return MALLOC_VARIANT
+    return f"TrainConfig(malloc_mmap_threshold={threshold}): a fixed {threshold / 2**20:g} MiB threshold"
 
 
 def run_worker(kind: str, spec: Dict[str, Any], inprocess: bool = False,
@@ -222,9 +240,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                    help="also time the first dim (fp32, and bf16 with --bf16) and run the "
                         "equal-learning check with TuckerScorer(hidden_dropout_mode=MODE), "
                         "e.g. 'sample' or 'gaussian'")
-    p.add_argument("--malloc-variant", action="store_true",
+    p.add_argument("--malloc-variant", nargs="?", const="default", default=False,
+                   type=malloc_variant, metavar="BYTES",
                    help="also time the first dim with glibc's default allocator "
-                        "(TrainConfig(malloc_mmap_threshold=None): higher peak RSS, faster)")
+                        "(TrainConfig(malloc_mmap_threshold=None)), or with a fixed mmap "
+                        "threshold of BYTES (e.g. 1048576: lower peak RSS, slower)")
     p.add_argument("--skip-equal", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
@@ -295,12 +315,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             if args.bf16:
                 print(f"[{key}] momok_pyg bf16 ...", flush=True)
                 cfg["momok_bf16"] = run_worker("momok", dict(spec, bf16=True), args.inprocess)
-            if args.malloc_variant and dim == dims[0]:
-                print(f"[{key}] momok_pyg with {MALLOC_VARIANT} ...", flush=True)
+            if args.malloc_variant is not False and dim == dims[0]:
+                what = malloc_variant_name(args.malloc_variant)
+                print(f"[{key}] momok_pyg with {what} ...", flush=True)
                 cfg["momok_malloc"] = run_worker(
-                    "momok", dict(spec, eval=False, malloc_mmap_threshold=None),
+                    "momok", dict(spec, eval=False, malloc_mmap_threshold=args.malloc_variant),
                     args.inprocess)
-                cfg["momok_malloc"]["malloc_variant"] = MALLOC_VARIANT
+                cfg["momok_malloc"]["malloc_variant"] = what
             if args.dropout_variant and dim == dims[0]:
                 mode = args.dropout_variant
                 vspec = dict(spec, model_kwargs={"hidden_dropout_mode": mode})

@@ -87,7 +87,7 @@ print((rss() - before) / 2**20)
 def test_fixed_mmap_threshold_returns_freed_blocks_to_the_system():
     """Below the threshold, freed 8 MiB blocks stay in the heap behind the small blocks
     allocated after them (RSS kept, what glibc's growing default threshold does to a training
-    step's temporaries); above it, with TrainConfig's 1 MiB, they are unmapped."""
+    step's temporaries); above it, with a 1 MiB threshold, they are unmapped."""
     grown = {}
     for threshold in (32 << 20, 1 << 20):
         out = subprocess.run([sys.executable, "-c", _HOLES, str(threshold)],

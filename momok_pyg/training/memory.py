@@ -29,9 +29,13 @@ def set_malloc_mmap_threshold(nbytes: int) -> bool:
     By default glibc raises the threshold to the size of every freed large block (up to
     32 MiB), so a training step's large temporaries (expert views, fusion projections,
     relation matrices: tens of MB each) come from the heap, whose freed holes are kept; at
-    MoMoK's d = 300 on MKG-Y that cost 0.23–0.24 GB of peak RSS in the last two full benchmark
-    runs (RESULTS.md). A fixed 1 MiB threshold gives it back at the cost of fresh pages for
-    those tensors (``benchmarks/bench_momok.py --malloc-variant`` measures both).
+    MoMoK's d = 300 on MKG-Y that cost 0.23–0.24 GB of peak RSS (RESULTS.md). A fixed
+    threshold below those sizes gives it back at the cost of fresh pages for those tensors,
+    which the kernel faults in and zeroes (~0.25 ms per MB on one core of the benchmark
+    machine). :class:`~momok_pyg.training.TrainConfig` fixes it at 8 MiB: the step's many
+    batch-sized tensors (``[1024, 300]`` floats are 1.2 MB) then reuse heap blocks, and
+    only entity-table-sized ones get their own pages (``benchmarks/bench_momok.py
+    --malloc-variant [BYTES]`` compares another setting).
 
     The setting is process-wide and stays. Returns :obj:`False` without doing anything where
     the C library is not glibc.
