@@ -56,7 +56,7 @@ from momok_pyg.nn.tucker import HIDDEN_DROPOUT_MODES  # noqa: E402
 #: what the ``--malloc-variant`` run changes: ``TrainConfig.malloc_mmap_threshold=None``,
 #: glibc's default allocator (its mmap threshold adapts upwards to 32 MiB, after which freed
 #: blocks of up to 32 MiB stay in the heap and count in RSS), or a fixed threshold of the
-#: given bytes, instead of the shipped fixed 8 MiB threshold
+#: given bytes, instead of the shipped fixed 1 MiB threshold
 MALLOC_VARIANT = "TrainConfig(malloc_mmap_threshold=None): glibc's default (growing) threshold"
 
 
@@ -244,7 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                    type=malloc_variant, metavar="BYTES",
                    help="also time the first dim with glibc's default allocator "
                         "(TrainConfig(malloc_mmap_threshold=None)), or with a fixed mmap "
-                        "threshold of BYTES (e.g. 1048576: lower peak RSS, slower)")
+                        "threshold of BYTES (e.g. 8388608)")
     p.add_argument("--skip-equal", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)

@@ -93,8 +93,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--bf16", action="store_true", default=None,
                    help="forward pass under torch.autocast('cpu', dtype=torch.bfloat16)")
     r.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
-                   help="glibc mmap threshold fixed while training (default 8388608; "
-                        "1048576: lower peak RSS, slower; 0: glibc's growing default)")
+                   help="glibc mmap threshold fixed while training (default 1048576, lower "
+                        "peak RSS; 0: glibc's growing default)")
     r.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bars")
     r.add_argument("--out", default=None,

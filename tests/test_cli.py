@@ -63,7 +63,7 @@ def test_every_optimisation_switch_reaches_the_config():
     assert off.optimizer_in_backward is False and off.bf16 is True
     assert config_from_args(p.parse_args(["--dataset", "synthetic"])).optimizer_in_backward
     assert config_from_args(p.parse_args(["--dataset", "synthetic"])).malloc_mmap_threshold \
-        == 8 << 20
+        == 1 << 20
     assert config_from_args(p.parse_args(["--dataset", "synthetic", "--malloc-mmap-threshold",
                                           "0"])).malloc_mmap_threshold is None
     assert config_from_args(p.parse_args(["--dataset", "synthetic", "--malloc-mmap-threshold",

@@ -97,9 +97,8 @@ class TrainConfig:
     threads: Optional[int] = None
     bf16: bool = False
     #: glibc's mmap threshold in bytes during training epochs (``None``: glibc's default, a
-    #: threshold that grows; ``1 << 20``: lower peak RSS, slower); see
-    #: :func:`~momok_pyg.training.memory.set_malloc_mmap_threshold`
-    malloc_mmap_threshold: Optional[int] = 8 << 20
+    #: threshold that grows); see :func:`~momok_pyg.training.memory.set_malloc_mmap_threshold`
+    malloc_mmap_threshold: Optional[int] = 1 << 20
     progress: bool = True
 
     def __post_init__(self) -> None:
