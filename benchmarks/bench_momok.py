@@ -75,7 +75,8 @@ def malloc_variant(value: str) -> Optional[int]:
 def malloc_variant_name(threshold: Optional[int]) -> str:
     if threshold is None:
         return MALLOC_VARIANT
-    return f"TrainConfig(malloc_mmap_threshold={threshold}): a fixed {threshold / 2**20:g} MiB threshold"
+    return (f"TrainConfig(malloc_mmap_threshold={threshold}): a fixed "
+            f"{threshold / 2**20:g} MiB threshold")
 
 
 def run_worker(kind: str, spec: Dict[str, Any], inprocess: bool = False,

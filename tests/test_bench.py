@@ -167,6 +167,17 @@ def test_hidden_dropout_micro_benchmark_writes_every_variant(tmp_path):
         assert "/" in feats["family_model"] and "?" not in feats["family_model"]
 
 
+def test_malloc_variant_option_parses_default_bytes_and_rejects_the_rest():
+    import argparse
+    import bench_momok
+    assert bench_momok.malloc_variant("default") is None
+    assert bench_momok.malloc_variant("8388608") == 8 << 20
+    with pytest.raises(argparse.ArgumentTypeError, match="'default' or a number of bytes"):
+        bench_momok.malloc_variant("8MiB")
+    assert bench_momok.malloc_variant_name(None) == bench_momok.MALLOC_VARIANT
+    assert "a fixed 8 MiB threshold" in bench_momok.malloc_variant_name(8 << 20)
+
+
 def test_counted_flops_match_torch_flop_counter():
     """The FLOPs bench_momok.py divides by the time (step_flops) against torch's own count of
     the matmul-like ops MoMoK runs: the same within 5 % for an evaluation forward, and for a

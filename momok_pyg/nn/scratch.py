@@ -4,9 +4,11 @@ that never leaves it.
 A fresh tensor of tens of megabytes is fresh pages: under the allocator setting that keeps a
 training run's peak memory down (:mod:`momok_pyg.training.memory`) glibc maps it on
 allocation and unmaps it when it is freed, and the kernel zeroes every 4 KiB page on first
-touch. :class:`~momok_pyg.nn.mujod.ModalityFusion`'s training step makes several such
-temporaries per modality (the dropped copies of an input for all heads, the projection
-gradient, the backward's products), of the same sizes every step.
+touch. A MoMoK training step makes several such temporaries per modality, of the same sizes
+every step: :class:`~momok_pyg.nn.mujod.ModalityFusion`'s dropped copies of an input for all
+heads (forward and backward) and its backward's products, and the transposed relation
+matrices of the per-sample Tucker dropout's input gradient
+(:func:`~momok_pyg.nn.tucker_dropout.per_sample_dropout_matmul`).
 
 :func:`scratch` hands out a view of a buffer kept per name, thread, dtype and device, grown to
 the largest size asked for. Its contents are garbage, and the next request for the same name
