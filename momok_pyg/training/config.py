@@ -26,6 +26,8 @@ from typing import Any, Dict, List, Optional, Union
 from .memory import MAX_MMAP_THRESHOLD
 
 SYNTHETIC = "synthetic"
+SELECT_ON = ("valid", "valid_not_in_train")
+TRANSFORMS = ("LinkSparsify", "ModalityNoise", "ModalityMissing")
 
 #: Paper / upstream hyper-parameters (K = 3 experts, lambda = 1e-4, batch 1024, Adam). The
 #: upstream README gives lr/dim for MKG-W (1e-3 / 200) and MKG-Y (5e-4 / 300); DB15K and
@@ -60,6 +62,10 @@ class TrainConfig:
     root: str = "datasets"
     raw_from: Optional[str] = None
     synthetic: Dict[str, Any] = field(default_factory=dict)
+    #: robustness transforms applied to the loaded MMKG, in order, each
+    #: ``{"name": "LinkSparsify" | "ModalityNoise" | "ModalityMissing", **kwargs}``
+    #: (:mod:`momok_pyg.transforms`; they change training-side data only)
+    transforms: List[Dict[str, Any]] = field(default_factory=list)
     # model
     model: str = "momok"
     dim: int = 64
@@ -84,6 +90,9 @@ class TrainConfig:
     epochs: int = 40
     lambda_club: float = 1e-4
     weight_decay: float = 0.0
+    #: multiply the learning rate by this after every epoch (the original TuckER's
+    #: ``ExponentialLR``; 1.0 = constant, as upstream MoMoK)
+    lr_decay: float = 1.0
     #: update each parameter inside backward and free its gradient at once
     #: (:class:`~momok_pyg.training.optim.BackwardAdam`; same updates, less memory)
     optimizer_in_backward: bool = True
@@ -92,6 +101,14 @@ class TrainConfig:
     patience: int = 5
     eval_batch_size: int = 1024
     tie: str = "realistic"
+    #: the valid MRR that selects the checkpoint: ``"valid"`` (all valid triples) or
+    #: ``"valid_not_in_train"`` (the valid triples that are not also training triples; on
+    #: DB15K 8,719 of 9,904 valid triples are in train)
+    select_on: str = "valid"
+    #: also rank the **test** split at every valid evaluation and keep its curve, for the
+    #: upstream-style report (each metric's maximum over these evaluations) that
+    #: :mod:`momok_pyg.report` prints *beside* the best-valid one; it never selects anything
+    track_test: bool = False
     # runtime
     seed: int = 0
     threads: Optional[int] = None
@@ -114,9 +131,18 @@ class TrainConfig:
             raise ValueError("epochs and patience must be >= 0")
         if self.lr < 0 or self.lambda_club < 0:
             raise ValueError("lr and lambda_club must be >= 0")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        if self.select_on not in SELECT_ON:
+            raise ValueError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
         if self.features is not None and self.features not in ("names", "official", "none"):
             raise ValueError(f"features must be 'names', 'official' or 'none', got "
                              f"{self.features!r}")
+        self.transforms = [dict(t) for t in self.transforms]
+        for t in self.transforms:
+            if t.get("name") not in TRANSFORMS:
+                raise ValueError(f"transforms: expected entries {{'name': one of {TRANSFORMS}, "
+                                 f"...}}, got {t!r}")
         if self.eval_modalities is not None:
             self.eval_modalities = list(self.eval_modalities)
         if self.malloc_mmap_threshold is not None and not (
@@ -162,12 +188,12 @@ class TrainConfig:
             raise ValueError(f"{path}: {e}") from e
 
     # Fields whose change makes an existing checkpoint incompatible with this run.
-    RESUME_KEYS = ("dataset", "features", "synthetic", "model", "dim", "rel_dim",
+    RESUME_KEYS = ("dataset", "features", "synthetic", "transforms", "model", "dim", "rel_dim",
                    "num_experts", "loss", "label_smoothing", "aggregate", "model_kwargs",
                    "rel_temperature", "noise", "fusion", "joint", "exid", "member", "lr",
                    "batch_size",
-                   "lambda_club", "weight_decay", "seed", "eval_every", "eval_modalities",
-                   "tie")
+                   "lambda_club", "weight_decay", "lr_decay", "seed", "eval_every",
+                   "eval_modalities", "tie", "select_on", "track_test")
 
     def resume_mismatch(self, other: "TrainConfig") -> List[str]:
         r"""Names of settings that differ between two configs and forbid resuming."""

@@ -15,9 +15,13 @@ of the forward pass, :math:`\hat{I}_{\mathrm{CLUB}}` is ExID's mutual-informatio
 Adam optimizer on their log-likelihood loss of the *detached* views of the same forward pass.
 
 Selection: every ``eval_every`` epochs the model is ranked on **valid**; the epoch with the
-highest valid MRR is kept as ``best.pt``; training stops after ``patience`` evaluations
-without improvement (``patience=0`` disables early stopping). The reported test metrics are
-those of ``best.pt`` -- one checkpoint, chosen without looking at the test set.
+highest valid MRR (of all valid triples, or of those not in train with
+``select_on="valid_not_in_train"``) is kept as ``best.pt``; training stops after ``patience``
+evaluations without improvement (``patience=0`` disables early stopping). The reported test
+metrics are those of ``best.pt`` -- one checkpoint, chosen without looking at the test set.
+With ``track_test`` the test split is also ranked at every evaluation and its curve kept, for
+the upstream-style report only; it never influences the selection. With ``lr_decay < 1``
+the learning rate is multiplied by it after every epoch (the original TuckER's schedule).
 """
 from __future__ import annotations
 
@@ -58,12 +62,19 @@ def load_data(config: TrainConfig):
     r"""The MMKG :class:`~torch_geometric.data.HeteroData` described by :obj:`config`."""
     if config.dataset == SYNTHETIC:
         from momok_pyg.datasets.synthetic import make_synthetic_mmkg
-        return make_synthetic_mmkg(**{"seed": 0, **config.synthetic})
-    from momok_pyg.datasets import load_dataset
-    features = None if config.features in (None, "none") else config.features
-    out = load_dataset(config.dataset, root=config.root, features=features,
-                       raw_from=config.raw_from)
-    return out if hasattr(out, "node_types") else out[0]
+        data = make_synthetic_mmkg(**{"seed": 0, **config.synthetic})
+    else:
+        from momok_pyg.datasets import load_dataset
+        features = None if config.features in (None, "none") else config.features
+        out = load_dataset(config.dataset, root=config.root, features=features,
+                           raw_from=config.raw_from)
+        data = out if hasattr(out, "node_types") else out[0]
+    if config.transforms:
+        import momok_pyg.transforms as T
+        for t in config.transforms:
+            kwargs = {k: v for k, v in t.items() if k != "name"}
+            data = getattr(T, t["name"])(**kwargs)(data)
+    return data
 
 
 def usable_modalities(data) -> List[str]:
@@ -148,7 +159,7 @@ def scorer(model: torch.nn.Module, modalities: Optional[Sequence[str]] = None,
 
 
 def _evaluate(model, data, split, config, filter_index, modalities=None, breakdowns=False,
-              progress=False) -> Dict[str, Any]:
+              progress=False, subsets=None) -> Dict[str, Any]:
     from momok_pyg.evaluate import evaluate_link_prediction
     was_training = model.training
     model.eval()
@@ -158,7 +169,8 @@ def _evaluate(model, data, split, config, filter_index, modalities=None, breakdo
             out = evaluate_link_prediction(scorer(model, modalities, reuse_output=True), data,
                                            split=split, batch_size=config.eval_batch_size,
                                            filter_index=filter_index, tie=config.tie,
-                                           breakdowns=breakdowns, progress=progress)
+                                           breakdowns=breakdowns, progress=progress,
+                                           subsets=subsets)
     finally:
         model.train(was_training)
     return _jsonable(out)
@@ -186,7 +198,21 @@ def environment(run_dir: Optional[PathLike] = None) -> Dict[str, Any]:
         "threads": torch.get_num_threads(),
         "device": "cpu",
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
     }
+
+
+def _cpu_model() -> Optional[str]:
+    r"""The ``model name`` of the first processor in ``/proc/cpuinfo`` (Linux), else ``None``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,7 +311,22 @@ def _optimizers(model: torch.nn.Module, config: TrainConfig
 def _fresh_state() -> Dict[str, Any]:
     return {"epoch": 0, "best_epoch": None, "best_valid_mrr": -math.inf, "best_valid": None,
             "bad_evals": 0, "stopped_early": False, "valid_curve": [], "train_curve": [],
-            "epoch_seconds": [], "eval_seconds": 0.0, "elapsed_seconds": 0.0}
+            "test_curve": [], "epoch_seconds": [], "eval_seconds": 0.0,
+            "elapsed_seconds": 0.0}
+
+
+def selection_mrr(valid: Dict[str, Any], select_on: str) -> float:
+    r"""The valid MRR that :obj:`select_on` selects by (see ``TrainConfig.select_on``)."""
+    if select_on == "valid_not_in_train":
+        return float(valid["not_in_train"]["mrr"])
+    return float(valid["mrr"])
+
+
+def _curve_entry(epoch: int, m: Dict[str, Any]) -> Dict[str, Any]:
+    entry = {"epoch": epoch, **_scalars(m)}
+    if "not_in_train" in m:
+        entry["not_in_train"] = _scalars(m["not_in_train"])
+    return entry
 
 
 def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bool
@@ -347,6 +388,7 @@ def fit(config: TrainConfig, out_dir: PathLike, data=None, resume: bool = True,
             q_optimizer.load_state_dict(ckpt["q_optimizer"])
         state = ckpt["state"]
         set_rng_state(ckpt["rng"])
+        state.setdefault("test_curve", [])
         log(f"[{out}] resumed after epoch {state['epoch']}")
 
     from momok_pyg.evaluate import FilterIndex
@@ -354,6 +396,19 @@ def fit(config: TrainConfig, out_dir: PathLike, data=None, resume: bool = True,
     train_triples = get_triples(data, "train")
     queries = OneToNQueries(train_triples, data["entity"].num_nodes, data.num_relations)
     eval_mods = config.eval_modalities if member is None else None
+    from momok_pyg.evaluate import in_train_mask
+    valid_subsets = {"not_in_train": ~in_train_mask(data, "valid")}
+
+    def evaluate_valid(epoch: int) -> Dict[str, Any]:
+        t1 = time.perf_counter()
+        valid = _evaluate(model, data, "valid", config, filter_index, eval_mods,
+                          subsets=valid_subsets)
+        state["valid_curve"].append(_curve_entry(epoch, valid))
+        if config.track_test:
+            test = _evaluate(model, data, "test", config, filter_index, eval_mods)
+            state["test_curve"].append(_curve_entry(epoch, test))
+        state["eval_seconds"] += time.perf_counter() - t1
+        return valid
 
     def save_last() -> None:
         atomic_torch_save({
@@ -375,15 +430,18 @@ def fit(config: TrainConfig, out_dir: PathLike, data=None, resume: bool = True,
         state["epoch_seconds"].append(time.perf_counter() - t0)
         state["train_curve"].append({"epoch": epoch, **losses})
         msg = f"epoch {epoch}/{config.epochs} loss {losses['loss']:.5f}"
+        if config.lr_decay != 1.0:
+            for group in optimizer.param_groups:
+                group["lr"] *= config.lr_decay
         if epoch % config.eval_every == 0 or epoch == config.epochs:
-            t1 = time.perf_counter()
-            valid = _evaluate(model, data, "valid", config, filter_index, eval_mods)
-            state["eval_seconds"] += time.perf_counter() - t1
-            state["valid_curve"].append({"epoch": epoch, **_scalars(valid)})
+            valid = evaluate_valid(epoch)
+            score = selection_mrr(valid, config.select_on)
             msg += f" | valid mrr {valid['mrr']:.4f} hits@10 {valid['hits@10']:.4f}"
-            if valid["mrr"] > state["best_valid_mrr"]:
-                state.update(best_epoch=epoch, best_valid_mrr=valid["mrr"],
-                             best_valid=_scalars(valid), bad_evals=0)
+            if config.select_on != "valid":
+                msg += f" | {config.select_on} mrr {score:.4f}"
+            if score > state["best_valid_mrr"]:
+                state.update(best_epoch=epoch, best_valid_mrr=score,
+                             best_valid=_curve_entry(epoch, valid), bad_evals=0)
                 save_best(epoch, valid)
                 msg += " *"
             else:
@@ -397,12 +455,10 @@ def fit(config: TrainConfig, out_dir: PathLike, data=None, resume: bool = True,
         log(f"[{out.name}] {msg}")
 
     if state["best_epoch"] is None:  # no evaluation happened (epochs = 0)
-        t1 = time.perf_counter()
-        valid = _evaluate(model, data, "valid", config, filter_index, eval_mods)
-        state["eval_seconds"] += time.perf_counter() - t1
-        state["valid_curve"].append({"epoch": state["epoch"], **_scalars(valid)})
-        state.update(best_epoch=state["epoch"], best_valid_mrr=valid["mrr"],
-                     best_valid=_scalars(valid))
+        valid = evaluate_valid(state["epoch"])
+        state.update(best_epoch=state["epoch"],
+                     best_valid_mrr=selection_mrr(valid, config.select_on),
+                     best_valid=_curve_entry(state["epoch"], valid))
         save_best(state["epoch"], valid)
         save_last()
 
@@ -440,7 +496,9 @@ def _metrics(config, state, test, per_modality, final_eval, wall, model, queries
         "stopped_early": state["stopped_early"],
         "test": test,
         "per_modality": per_modality,
+        "select_on": config.select_on,
         "valid_curve": state["valid_curve"],
+        "test_curve": state.get("test_curve", []),
         "train_curve": state["train_curve"],
         "timing": {
             "epoch_seconds": state["epoch_seconds"],

@@ -1,0 +1,579 @@
+r"""The paper's experiments as run specifications: ``momok-pyg reproduce <experiment>``.
+
+Each experiment is a list of *runs*; a run is one :class:`~momok_pyg.training.TrainConfig`
+trained in its own run directory (``<runs_dir>/<experiment>/<name>/``, checkpoints, resumable)
+and summarised in one JSON file (``<results_dir>/<experiment>/<name>.json``, small, meant to
+be committed). A run whose JSON exists is done and skipped, so an experiment is continued by
+running its command again, also in a later session or on another machine; a run interrupted
+mid-way resumes from its ``last.pt``. Several processes may work on one experiment at once:
+each claims a run with a lock file before it starts it.
+
+==============  =================================================================================
+experiment      runs
+==============  =================================================================================
+``table1``      paper Table 1: structure-only TuckER (BCE 1-N, label smoothing 0.1, the original
+                TuckER dropouts) on every benchmark, a learning-rate grid on **valid** at seed
+                0, then the best grid point at the remaining seeds; MoMoK with the modalities
+                available (``features="official"`` when the official feature files are in the
+                raw folder, else ``"names"``) at the same budget and seeds
+``ablations``   paper Table 2 / 8 on MKG-Y: full MoMoK and every ablation switch of the CLI
+``robustness``  paper Fig. 3 on MKG-Y: ModalityNoise, ModalityMissing, LinkSparsify at several
+                ratios, MoMoK vs TuckER
+``gates``       paper Fig. 5 / Table 4 on MKG-Y: per-relation modality and expert weights of a
+                trained MoMoK (:mod:`momok_pyg.interpret`)
+``cost``        paper Table 3: seconds per epoch and peak RSS of MoMoK and TuckER per benchmark
+``unseen``      beyond the paper: test triples with an entity unseen in training, fine-tuned vs
+                fixed feature tables
+==============  =================================================================================
+
+Every run trains in a child process (``momok-pyg train --config``), so its peak RSS is its own
+(:func:`os.wait4`). The JSON holds the configuration, the commit, the machine, the epochs run,
+the wall time, the valid (and, with ``track_test``, test) curve, the test metrics of the
+best-valid checkpoint and the command that made it; :mod:`momok_pyg.report` builds
+``RESULTS.md`` tables and PNG plots from these files alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+from momok_pyg.training.checkpoint import atomic_write_json
+from momok_pyg.training.config import SYNTHETIC, TrainConfig, canonical_dataset
+
+BENCHMARKS = ("DB15K", "MKG-W", "MKG-Y", "KVC16K")
+#: upstream folder of each benchmark under ``datasets/`` (and under ``--raw-root``)
+FOLDERS = {"DB15K": "DB15K", "MKG-W": "MKG-W", "MKG-Y": "MKG-Y", "KVC16K": "Kuai16K"}
+OFFICIAL_FILES = ("img_features.pth", "text_features.pth")
+RESULT_VERSION = 1
+
+#: The structure-only TuckER of Table 1: the original TuckER's dropouts (input 0.3, hidden
+#: 0.4, output 0.5), label smoothing 0.1 and exponential learning-rate decay (0.995 per epoch),
+#: with the paper's batch of 1024 and d = 200. Loss and ``lr`` are chosen on valid
+#: (:data:`TUCKER_GRID`).
+TUCKER = dict(model="tucker", label_smoothing=0.1, dim=200, batch_size=1024, lr_decay=0.995)
+#: The grid tried for TuckER at the first seed. The original TuckER's BCE against all entities
+#: spends its first ~100 epochs at batch 1024 pushing every score down before any answer
+#: ranks (valid MRR 0.0004 after 20 epochs on MKG-Y; RESULTS.md); softmax CE, MoMoK's loss,
+#: ranks from the first epoch. The BCE point stays in the grid, so its curve is on record.
+TUCKER_GRID = (dict(loss="ce", lr=1e-3), dict(loss="ce", lr=3e-3), dict(loss="bce", lr=3e-3))
+#: MoMoK of Table 1 at the TuckER budget: the paper's loss (softmax CE over all entities),
+#: K = 3, lambda = 1e-4, batch 1024, dim 200, lr 1e-3
+MOMOK = dict(model="momok", loss="ce", dim=200, lr=1e-3, batch_size=1024)
+#: ablation rows (paper Table 2 / 8): name -> TrainConfig overrides of the full MoMoK
+ABLATIONS = {
+    "full": {},
+    "no-rel-temperature": dict(rel_temperature=False),
+    "no-noise": dict(noise=False),
+    "mean-fusion": dict(fusion="mean"),
+    "no-joint": dict(joint=False),
+    "no-exid": dict(exid=False),
+}
+ROBUSTNESS_RATIOS = (0.2, 0.4, 0.6, 0.8)
+ROBUSTNESS_TRANSFORMS = ("ModalityNoise", "ModalityMissing", "LinkSparsify")
+
+
+@dataclass
+class Options:
+    r"""What ``momok-pyg reproduce`` was asked for (every experiment reads what it needs)."""
+    raw_root: Optional[str] = None  #: folder holding ``DB15K/ MKG-W/ MKG-Y/ Kuai16K/``
+    root: str = "datasets"  #: dataset cache root (processed files)
+    runs_dir: str = "runs/reproduce"
+    results_dir: str = "results"
+    datasets: Optional[List[str]] = None  #: default: the experiment's own
+    models: Sequence[str] = ("tucker", "momok")
+    seeds: Sequence[int] = (0, 1, 2)
+    grid: Optional[List[Dict[str, Any]]] = None  #: TuckER grid (default :data:`TUCKER_GRID`)
+    max_epochs: int = 300
+    eval_every: int = 5
+    patience: int = 6  #: evaluations without a better valid MRR before stopping
+    threads: Optional[int] = 1
+    features: Optional[str] = None  #: default: "official" if present, else "names"
+    ratios: Sequence[float] = ROBUSTNESS_RATIOS
+    cost_epochs: int = 2
+    extra: Dict[str, Any] = field(default_factory=dict)  #: TrainConfig overrides for all runs
+
+
+@dataclass
+class RunSpec:
+    r"""One run of an experiment."""
+    experiment: str
+    name: str
+    config: TrainConfig
+    meta: Dict[str, Any]
+    #: ``"train"`` (a training run) or ``"gates"`` (the analysis of a trained run)
+    kind: str = "train"
+    #: for ``kind="gates"``: the name of the training run analysed (same experiment)
+    source: Optional[str] = None
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers shared by the experiments
+# ---------------------------------------------------------------------------------------------
+def _raw_from(dataset: str, opts: Options) -> Optional[str]:
+    if dataset == SYNTHETIC or opts.raw_root is None:
+        return None
+    return str(Path(opts.raw_root) / FOLDERS.get(dataset, dataset))
+
+
+def official_available(dataset: str, opts: Options) -> bool:
+    r"""Whether the paper's image/text feature files of :obj:`dataset` are where
+    ``features="official"`` looks for them (the raw folder given, or ``<root>/<folder>/raw``)."""
+    folders = [Path(opts.root) / FOLDERS.get(dataset, dataset) / "raw"]
+    raw = _raw_from(dataset, opts)
+    if raw is not None:
+        folders.append(Path(raw))
+    return any(all((f / name).is_file() for name in OFFICIAL_FILES) for f in folders)
+
+
+def features_for(dataset: str, opts: Options) -> Optional[str]:
+    r"""The feature setting of MoMoK runs: the option if given, ``"official"`` when its files
+    are present (the paper's setup, unchanged), else ``"names"`` (offline text from names;
+    MKG-W's names are bare Wikidata ids, so MoMoK there has the structure modality only)."""
+    if dataset == SYNTHETIC:
+        return None
+    if opts.features is not None:
+        return opts.features
+    return "official" if official_available(dataset, opts) else "names"
+
+
+def _config(dataset: str, opts: Options, **kw: Any) -> TrainConfig:
+    base = dict(dataset=dataset, root=opts.root, raw_from=_raw_from(dataset, opts),
+                epochs=opts.max_epochs, eval_every=opts.eval_every, patience=opts.patience,
+                threads=opts.threads, progress=False, track_test=True)
+    base.update(kw)
+    base.update(opts.extra)
+    return TrainConfig(**base)
+
+
+def _slug(x: Any) -> str:
+    return str(x).replace("/", "-").replace(" ", "")
+
+
+def _grid_name(point: Dict[str, Any]) -> str:
+    return "-".join(f"{k}{_slug(v)}" for k, v in sorted(point.items()))
+
+
+def _datasets(opts: Options, default: Iterable[str]) -> List[str]:
+    return [canonical_dataset(d) for d in (opts.datasets or list(default))]
+
+
+def selection_score(result: Dict[str, Any]) -> float:
+    r"""The valid MRR a finished run was selected by (its ``best_valid``)."""
+    bv = result["best_valid"]
+    if result["config"].get("select_on") == "valid_not_in_train":
+        return float(bv["not_in_train"]["mrr"])
+    return float(bv["mrr"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the experiments
+# ---------------------------------------------------------------------------------------------
+def table1(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
+    r"""TuckER: grid at seed 0, then the valid-best grid point at the other seeds; MoMoK at
+    the TuckER budget for every seed. The seed runs of a dataset appear once its grid is
+    done (run the command again)."""
+    specs: List[RunSpec] = []
+    grid = opts.grid or [dict(p) for p in TUCKER_GRID]
+    seeds = list(opts.seeds)
+    for ds in _datasets(opts, BENCHMARKS):
+        if "tucker" in opts.models:
+            grid_names = []
+            for point in grid:
+                name = f"tucker-{ds}-{_grid_name(point)}-seed{seeds[0]}"
+                grid_names.append(name)
+                specs.append(RunSpec("table1", name, _config(ds, opts, **{
+                    **TUCKER, **point, "seed": seeds[0]}), dict(
+                        dataset=ds, model="tucker", stage="grid", grid=point, seed=seeds[0])))
+            if all(n in done for n in grid_names):
+                best = max(grid_names, key=lambda n: selection_score(done[n]))
+                point = dict(done[best]["meta"]["grid"])
+                done[best]["meta"]["selected"] = True
+                for seed in seeds[1:]:
+                    name = f"tucker-{ds}-{_grid_name(point)}-seed{seed}"
+                    specs.append(RunSpec("table1", name, _config(ds, opts, **{
+                        **TUCKER, **point, "seed": seed}), dict(
+                            dataset=ds, model="tucker", stage="seed", grid=point, seed=seed)))
+        if "momok" in opts.models:
+            feats = features_for(ds, opts)
+            for seed in seeds:
+                name = f"momok-{ds}-{feats or 'synthetic'}-seed{seed}"
+                specs.append(RunSpec("table1", name, _config(ds, opts, **{
+                    **MOMOK, "features": feats, "seed": seed}), dict(
+                        dataset=ds, model="momok", features=feats, seed=seed, stage="seed")))
+    return specs
+
+
+def _mkgy(opts: Options) -> List[str]:
+    return _datasets(opts, ["MKG-Y"])
+
+
+def ablations(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
+    r"""Full MoMoK and each ablation switch (one seed each); the single-modality rows come
+    from the full run's per-modality scores."""
+    specs = []
+    for ds in _mkgy(opts):
+        feats = features_for(ds, opts)
+        for row, switch in ABLATIONS.items():
+            for seed in list(opts.seeds)[:1]:
+                specs.append(RunSpec("ablations", f"{row}-{ds}-seed{seed}", _config(ds, opts, **{
+                    **MOMOK, "features": feats, "seed": seed, **switch}), dict(
+                        dataset=ds, row=row, switch=switch, features=feats, seed=seed)))
+    return specs
+
+
+def _transform(name: str, ratio: float, seed: int) -> Dict[str, Any]:
+    kw: Dict[str, Any] = {"name": name, "ratio": ratio, "seed": seed}
+    if name == "ModalityNoise":
+        kw["std"] = 1.0
+    return kw
+
+
+def robustness(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
+    r"""MoMoK and TuckER at ratio 0 and under each transform at each ratio. TuckER has no
+    feature modality, so under ModalityNoise / ModalityMissing its ratio-0 run is its curve."""
+    specs = []
+    seed = list(opts.seeds)[0]
+    for ds in _mkgy(opts):
+        feats = features_for(ds, opts)
+        models = {"momok": {**MOMOK, "features": feats},
+                  "tucker": {**TUCKER, **(opts.grid or [dict(TUCKER_GRID[0])])[0]}}
+        for model in opts.models:
+            specs.append(RunSpec("robustness", f"{model}-{ds}-clean-seed{seed}",
+                                 _config(ds, opts, **models[model], seed=seed),
+                                 dict(dataset=ds, model=model, transform=None, ratio=0.0)))
+            for t in ROBUSTNESS_TRANSFORMS:
+                if model == "tucker" and t != "LinkSparsify":
+                    continue
+                for ratio in opts.ratios:
+                    tf = _transform(t, float(ratio), seed)
+                    specs.append(RunSpec(
+                        "robustness", f"{model}-{ds}-{t}{ratio}-seed{seed}",
+                        _config(ds, opts, **models[model], seed=seed, transforms=[tf]),
+                        dict(dataset=ds, model=model, transform=t, ratio=float(ratio))))
+    return specs
+
+
+def gates(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
+    r"""A full MoMoK run and, once it is trained, the analysis of its best checkpoint."""
+    specs = []
+    seed = list(opts.seeds)[0]
+    for ds in _mkgy(opts):
+        feats = features_for(ds, opts)
+        train_name = f"momok-{ds}-seed{seed}"
+        cfg = _config(ds, opts, **{**MOMOK, "features": feats, "seed": seed})
+        specs.append(RunSpec("gates", train_name, cfg, dict(dataset=ds, features=feats)))
+        specs.append(RunSpec("gates", f"gates-{ds}-seed{seed}", cfg,
+                             dict(dataset=ds, features=feats), kind="gates",
+                             source=train_name))
+    return specs
+
+
+def cost(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
+    r"""``cost_epochs`` epochs of each model on each benchmark (no early stop, one valid
+    evaluation at the end), for seconds per epoch and peak RSS."""
+    specs = []
+    for ds in _datasets(opts, BENCHMARKS):
+        for model in opts.models:
+            base = dict(TUCKER, **TUCKER_GRID[0]) if model == "tucker" else dict(
+                MOMOK, features=features_for(ds, opts))
+            cfg = _config(ds, opts, **base, seed=0)
+            cfg = dataclasses.replace(cfg, epochs=opts.cost_epochs, eval_every=opts.cost_epochs,
+                                      patience=0, track_test=False)
+            specs.append(RunSpec("cost", f"{model}-{ds}", cfg, dict(
+                dataset=ds, model=model, features=cfg.features)))
+    return specs
+
+
+def unseen(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
+    r"""MoMoK with fine-tuned (official default) vs fixed feature tables on MKG-Y, for the
+    test triples that touch entities without training edges."""
+    specs = []
+    seed = list(opts.seeds)[0]
+    for ds in _mkgy(opts):
+        feats = features_for(ds, opts)
+        for finetune in (True, False):
+            name = f"momok-{ds}-{'finetuned' if finetune else 'fixed'}-seed{seed}"
+            specs.append(RunSpec("unseen", name, _config(ds, opts, **{
+                **MOMOK, "features": feats, "seed": seed,
+                "model_kwargs": {"finetune_features": finetune}}), dict(
+                    dataset=ds, finetune_features=finetune, features=feats)))
+    return specs
+
+
+EXPERIMENTS: Dict[str, Callable[[Options, Dict[str, Dict[str, Any]]], List[RunSpec]]] = {
+    "table1": table1, "ablations": ablations, "robustness": robustness, "gates": gates,
+    "cost": cost, "unseen": unseen,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+# ---------------------------------------------------------------------------------------------
+def load_results(results_dir: str, experiment: str) -> Dict[str, Dict[str, Any]]:
+    r"""``{name: result}`` of the finished runs of :obj:`experiment`."""
+    out = {}
+    folder = Path(results_dir) / experiment
+    for path in sorted(folder.glob("*.json")):
+        try:
+            out[path.stem] = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a valid result JSON ({e}); delete it to rerun "
+                             f"that run") from e
+    return out
+
+
+def plan(experiment: str, opts: Options) -> List[RunSpec]:
+    r"""The runs of :obj:`experiment` that can be known now (dependent runs, e.g. the TuckER
+    seeds of a dataset whose grid is unfinished, appear later)."""
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {experiment!r}; expected one of "
+                         f"{sorted(EXPERIMENTS)}")
+    return EXPERIMENTS[experiment](opts, load_results(opts.results_dir, experiment))
+
+
+class _Lock:
+    r"""An exclusive claim on a run directory (``.reproduce.lock`` holding the pid); a lock
+    of a process that no longer exists is taken over."""
+    NAME = ".reproduce.lock"
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / self.NAME
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _alive(pid):
+                    return False
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return True
+        return False
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _median(xs: Sequence[float]) -> Optional[float]:
+    return float(statistics.median(xs)) if xs else None
+
+
+def _upstream_style(curve: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    r"""Each metric's best value over the periodic test evaluations, as upstream's training
+    script reports it (max of MRR / Hits, min of MR, each from its own epoch)."""
+    if not curve:
+        return None
+    out: Dict[str, Any] = {}
+    for key in ("mrr", "hits@1", "hits@3", "hits@10"):
+        best = max(curve, key=lambda c: c[key])
+        out[key], out[f"{key}_epoch"] = best[key], best["epoch"]
+    best = min(curve, key=lambda c: c["mr"])
+    out["mr"], out["mr_epoch"] = best["mr"], best["epoch"]
+    out["evaluations"] = len(curve)
+    return out
+
+
+def summarise(spec: RunSpec, metrics: Dict[str, Any], command: str, wall: float,
+              peak_rss_mb: Optional[float]) -> Dict[str, Any]:
+    r"""The result JSON of a finished training run (what :mod:`momok_pyg.report` reads)."""
+    test = metrics["test"]
+    keep = ("mrr", "mr", "hits@1", "hits@3", "hits@10", "count")
+    valid_curve = metrics.get("valid_curve") or []
+    last_eval = valid_curve[-1]["epoch"] if valid_curve else None
+    timing = metrics.get("timing", {})
+    epoch_seconds = timing.get("epoch_seconds", [])
+    return {
+        "version": RESULT_VERSION,
+        "experiment": spec.experiment,
+        "name": spec.name,
+        "meta": spec.meta,
+        "command": command,
+        "config": spec.config.to_dict(),
+        "env": metrics.get("env"),
+        "commit": (metrics.get("env") or {}).get("git_commit"),
+        "model": metrics.get("model"),
+        "max_epochs": spec.config.epochs,
+        "epochs_run": metrics.get("epochs_run"),
+        "best_epoch": metrics.get("best_epoch"),
+        "stopped_early": metrics.get("stopped_early"),
+        # valid still rising: the best evaluation is the last one and patience did not stop it
+        "valid_still_rising": (not metrics.get("stopped_early")
+                               and metrics.get("best_epoch") == last_eval),
+        "wall_seconds": timing.get("elapsed_seconds"),
+        "epoch_seconds_median": _median(epoch_seconds[1:] or epoch_seconds),
+        "epoch_seconds": epoch_seconds,
+        "peak_rss_mb": peak_rss_mb,
+        "select_on": metrics.get("select_on", "valid"),
+        "best_valid": metrics.get("best_valid"),
+        "valid_curve": valid_curve,
+        "test_curve": metrics.get("test_curve") or [],
+        "test": {**{k: test[k] for k in keep if k in test},
+                 **{k: {kk: test[k][kk] for kk in keep if kk in test[k]}
+                    for k in ("head", "tail", "unseen_entity") if k in test},
+                 "per_relation": test.get("per_relation", {})},
+        "per_modality": {m: {k: v[k] for k in keep if k in v}
+                         for m, v in (metrics.get("per_modality") or {}).items()},
+        "upstream_style": _upstream_style(metrics.get("test_curve") or []),
+        "num_parameters": metrics.get("num_parameters"),
+    }
+
+
+def _child_command(spec: RunSpec, run_dir: Path) -> List[str]:
+    cfg = run_dir / "reproduce_config.json"
+    spec.config.save(cfg)
+    return [sys.executable, "-m", "momok_pyg.cli", "train", "--config", str(cfg),
+            "--out", str(run_dir)]
+
+
+def run_training(spec: RunSpec, run_dir: Path, log_path: Path) -> tuple:
+    r"""Trains :obj:`spec` in a child process; returns ``(metrics, wall, peak_rss_mb)``."""
+    cmd = _child_command(spec, run_dir)
+    t0 = time.perf_counter()
+    with open(log_path, "a") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"run {spec.experiment}/{spec.name} failed (exit "
+                           f"{proc.returncode}); see {log_path}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return metrics, wall, usage.ru_maxrss / 1024.0  # Linux: kilobytes
+
+
+def run_experiment(experiment: str, opts: Options, command: str = "",
+                   limit: Optional[int] = None, log: Callable[[str], None] = print) -> int:
+    r"""Runs the pending runs of :obj:`experiment` one after another (skipping finished runs
+    and runs another process holds) until none is left or :obj:`limit` runs were done;
+    returns the number of runs finished by this call."""
+    finished = 0
+    failed: set = set()
+    while limit is None or finished < limit:
+        done = load_results(opts.results_dir, experiment)
+        specs = plan(experiment, opts)
+        pending = [s for s in specs if s.name not in done and s.name not in failed]
+        started = False
+        for spec in pending:
+            if spec.kind == "gates" and spec.source not in done:
+                continue  # its training run is not finished yet
+            run_dir = Path(opts.runs_dir) / experiment / spec.name
+            lock = _Lock(run_dir)
+            if not lock.acquire():
+                continue
+            try:
+                if (Path(opts.results_dir) / experiment / f"{spec.name}.json").exists():
+                    continue  # finished by another process meanwhile
+                started = True
+                log(f"[reproduce {experiment}] {spec.name}: start")
+                try:
+                    result = _run_one(spec, run_dir, opts, command)
+                except Exception as e:  # keep going with the other runs
+                    failed.add(spec.name)
+                    log(f"[reproduce {experiment}] {spec.name}: FAILED: {e}")
+                    break
+                atomic_write_json(result, Path(opts.results_dir) / experiment /
+                                  f"{spec.name}.json")
+                finished += 1
+                log(f"[reproduce {experiment}] {spec.name}: done")
+            finally:
+                lock.release()
+            break
+        if not started:
+            break
+    waiting = [s.name for s in plan(experiment, opts)
+               if s.name not in load_results(opts.results_dir, experiment)]
+    log(f"[reproduce {experiment}] {finished} run(s) finished by this call; "
+        f"{len(waiting)} pending" + (f"; failed: {sorted(failed)}" if failed else ""))
+    return finished
+
+
+def _run_one(spec: RunSpec, run_dir: Path, opts: Options, command: str) -> Dict[str, Any]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if spec.kind == "gates":
+        from momok_pyg.interpret import gate_report
+        source_dir = Path(opts.runs_dir) / spec.experiment / spec.source
+        t0 = time.perf_counter()
+        out = gate_report(source_dir)
+        return {"version": RESULT_VERSION, "experiment": spec.experiment, "name": spec.name,
+                "kind": "gates", "meta": spec.meta, "source": spec.source,
+                "command": command, "config": spec.config.to_dict(),
+                "env": out.pop("env"), "wall_seconds": time.perf_counter() - t0, **out}
+    metrics, wall, rss = run_training(spec, run_dir, run_dir / "train.log")
+    return summarise(spec, metrics, command, wall, rss)
+
+
+def status(experiment: str, opts: Options) -> List[Dict[str, Any]]:
+    r"""One row per known run: name, state (``done`` / ``running`` / ``partial`` /
+    ``pending``) and, when done, its test MRR."""
+    done = load_results(opts.results_dir, experiment)
+    rows = []
+    for spec in plan(experiment, opts):
+        run_dir = Path(opts.runs_dir) / experiment / spec.name
+        if spec.name in done:
+            state = "done"
+        elif (run_dir / _Lock.NAME).exists():
+            state = "running"
+        elif (run_dir / "last.pt").exists():
+            state = "partial"
+        else:
+            state = "pending"
+        row = {"name": spec.name, "state": state}
+        if spec.name in done and "test" in done[spec.name]:
+            row["test_mrr"] = done[spec.name]["test"]["mrr"]
+        rows.append(row)
+    return rows
+
+
+def parse_grid(items: Sequence[str]) -> List[Dict[str, Any]]:
+    r"""``["lr=0.001,0.003", "dim=200"]`` -> the product
+    ``[{"dim": 200, "lr": 0.001}, {"dim": 200, "lr": 0.003}]``."""
+    keys, values = [], []
+    for item in items:
+        key, sep, vals = item.partition("=")
+        if not sep or not key or not vals:
+            raise ValueError(f"--grid: expected KEY=V1,V2,..., got {item!r}")
+        keys.append(key)
+        values.append([json.loads(v) if _is_json(v) else v for v in vals.split(",")])
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def _is_json(v: str) -> bool:
+    try:
+        json.loads(v)
+        return True
+    except json.JSONDecodeError:
+        return False
+
+
+__all__ = ["Options", "RunSpec", "EXPERIMENTS", "plan", "run_experiment", "status",
+           "summarise", "load_results", "parse_grid", "features_for", "official_available"]
