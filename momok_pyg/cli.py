@@ -9,7 +9,7 @@ r"""``momok-pyg`` command line: ``train``, ``evaluate``, ``predict``, ``reproduc
     momok-pyg evaluate --run runs/mkg-y --modalities structure
     momok-pyg predict --run runs/mkg-y --head Gilles_Mbang_Ondo --relation playsFor -k 10
     momok-pyg reproduce table1 --raw-root ../shared/mmkg --datasets MKG-Y --models tucker
-    momok-pyg report                                  # results/REPRODUCTION.md + figures
+    momok-pyg report                                  # RESULTS.md section + results/figures
 """
 from __future__ import annotations
 
@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write RESULTS-style tables and PNG plots from the "
                                       "result JSON files")
     p.add_argument("--results-dir", default="results")
-    p.add_argument("--output", default="results/REPRODUCTION.md")
+    p.add_argument("--output", default="RESULTS.md",
+                   help="Markdown file; the report replaces the text between its markers")
     p.add_argument("--figures-dir", default=None,
                    help="where the PNG plots go (default: <results-dir>/figures)")
     p.set_defaults(func=_cmd_report)

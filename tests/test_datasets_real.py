@@ -86,6 +86,20 @@ def test_audit_known_facts(datasets):
     assert (Path(datasets["DB15K"].processed_dir) / "audit.json").is_file()
 
 
+def test_in_train_mask_matches_a_python_set_and_the_audit(datasets):
+    from momok_pyg.evaluate import in_train_mask
+    for folder, valid_in_train, test_in_train in (("DB15K", 8719, None),
+                                                  ("Kuai16K", 30, 48)):
+        data = datasets[folder][0]
+        train = {tuple(t) for t in get_triples(data, "train").tolist()}
+        for split, expected in (("valid", valid_in_train), ("test", test_in_train)):
+            mask = in_train_mask(data, split)
+            brute = [tuple(t) in train for t in get_triples(data, split).tolist()]
+            assert mask.tolist() == brute
+            if expected is not None:
+                assert int(mask.sum()) == expected
+
+
 def test_leak_warning_names_the_numbers(datasets):
     msgs = [str(w.message) for w in datasets["_warnings"]]
     assert any("DB15K" in m and "8719 of 9904 valid" in m for m in msgs)

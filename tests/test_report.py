@@ -1,0 +1,138 @@
+"""The reproduction report: tables and plots from result JSON files alone (small files
+written here), and the marker-delimited update of RESULTS.md."""
+import json
+import statistics
+
+import pytest
+
+from momok_pyg import report
+
+
+def _curve(values, key="mrr"):
+    return [{"epoch": 5 * (i + 1), key: v, "mr": 100.0 - i, "hits@1": v / 2, "hits@3": v,
+             "hits@10": min(1.0, 2 * v)} for i, v in enumerate(values)]
+
+
+def _result(exp, name, meta, test_mrr, valid_mrr=0.3, **kw):
+    r = {"experiment": exp, "name": name, "meta": meta, "command": f"momok-pyg reproduce {exp}",
+         "commit": "abc123", "config": {"select_on": "valid"},
+         "env": {"cpu_model": "TestCPU", "cpu_count": 2, "threads": 1, "torch": "x"},
+         "best_valid": {"mrr": valid_mrr}, "best_epoch": 10, "epochs_run": 20,
+         "stopped_early": True, "valid_still_rising": False,
+         "valid_curve": _curve([0.1, valid_mrr]), "test_curve": _curve([0.2, test_mrr + 0.01]),
+         "upstream_style": {"mrr": test_mrr + 0.01},
+         "test": {"mrr": test_mrr, "mr": 50.0, "hits@1": test_mrr / 2, "hits@3": test_mrr,
+                  "hits@10": min(1.0, 2 * test_mrr),
+                  "unseen_entity": {"mrr": 0.01, "hits@10": 0.02, "count": 776}},
+         "per_modality": {}, "epoch_seconds_median": 12.5, "peak_rss_mb": 812.0,
+         "num_parameters": 1000}
+    r.update(kw)
+    return r
+
+
+def _write(root, r):
+    path = root / r["experiment"] / f"{r['name']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(r))
+
+
+@pytest.fixture
+def results(tmp_path):
+    root = tmp_path / "results"
+    tm = dict(dataset="MKG-Y", model="tucker")
+    _write(root, _result("table1", "g1", {**tm, "stage": "grid", "grid": {"lr": 0.001}},
+                         0.360, valid_mrr=0.33))
+    _write(root, _result("table1", "g2", {**tm, "stage": "grid", "grid": {"lr": 0.003}},
+                         0.390, valid_mrr=0.31))  # better test, worse valid: not selected
+    _write(root, _result("table1", "s1", {**tm, "stage": "seed", "grid": {"lr": 0.001}},
+                         0.370))
+    _write(root, _result("table1", "s2", {**tm, "stage": "seed", "grid": {"lr": 0.001}},
+                         0.380))
+    _write(root, _result("table1", "m0", dict(dataset="MKG-Y", model="momok",
+                                              features="names", stage="seed"), 0.400))
+    full = _result("ablations", "full", {"row": "full"}, 0.40,
+                   per_modality={"structure": {"mrr": 0.35, "hits@1": 0.3, "hits@3": 0.36,
+                                               "hits@10": 0.4}})
+    _write(root, full)
+    _write(root, _result("ablations", "no-exid", {"row": "no-exid"}, 0.39))
+    for model, base in (("momok", 0.4), ("tucker", 0.37)):
+        _write(root, _result("robustness", f"{model}-clean", dict(model=model, transform=None,
+                                                                  ratio=0.0), base))
+        _write(root, _result("robustness", f"{model}-ls", dict(
+            model=model, transform="LinkSparsify", ratio=0.4), base - 0.1))
+    _write(root, _result("robustness", "momok-noise", dict(
+        model="momok", transform="ModalityNoise", ratio=0.4), 0.38))
+    _write(root, _result("cost", "tucker-MKG-Y", dict(dataset="MKG-Y", model="tucker"), 0.1))
+    _write(root, _result("unseen", "ft", dict(dataset="MKG-Y", finetune_features=True), 0.3))
+    _write(root, {"experiment": "gates", "name": "gates-MKG-Y", "kind": "gates",
+                  "source": "momok-MKG-Y-seed0", "command": "momok-pyg reproduce gates",
+                  "commit": "abc123", "env": {}, "meta": {},
+                  "statistics": {"relations": ["a", "b", "a (inverse)", "b (inverse)"],
+                                 "count": [3, 0, 3, 0],
+                                 "gates": {"structure": [[0.5, 0.3, 0.2]] * 4},
+                                 "fusion": [[0.6, 0.4]] * 4,
+                                 "relation_fusion": [[0.7, 0.3]] * 4,
+                                 "fusion_modalities": ["structure", "text"]},
+                  "per_relation_mrr": {"structure": {"a": 0.5}, "joint": {"a": 0.6}},
+                  "best_modality": {"a": "joint"}})
+    (root / "old").mkdir()
+    (root / "old" / "metrics.json").write_text(json.dumps({"dataset": "MKG-Y"}))  # not ours
+    return root
+
+
+def _row(text, *cells):
+    return next(line for line in text.splitlines()
+                if all(f"| {c} |" in line or line.startswith(f"| {c} |") for c in cells))
+
+
+def test_table1_numbers_come_from_the_files(results, tmp_path):
+    text = report.render(results, tmp_path / "fig")
+    row = _row(text, "MKG-Y", "TuckER (structure)")
+    mrrs = [0.360, 0.370, 0.380]  # the valid-selected grid point and its seeds
+    expected = f"{100 * statistics.mean(mrrs):.2f} ± {100 * statistics.stdev(mrrs):.2f}"
+    assert f"| {expected} |" in row and "| 3 |" in row
+    assert f"| {100 * statistics.mean(mrrs) - 37.05:+.2f} |" in row  # vs the paper's 37.05
+    assert "| 37.05 |" in row
+    assert "| 40.00 |" in _row(text, "MKG-Y", "MoMoK (names)")
+    selected = next(line for line in text.splitlines() if "**selected**" in line)
+    assert "lr=0.001" in selected and "| 33.00 |" in selected
+    assert "momok-pyg reproduce table1" in text and "TestCPU" in text
+    assert "old" not in text.split("## Table 1")[0]
+    assert (tmp_path / "fig" / "table1-MKG-Y.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_other_sections(results, tmp_path):
+    text = report.render(results, tmp_path / "fig")
+    assert "| -1.00 |" in _row(text, "no-exid")  # Δ vs full
+    assert "| 35.00 |" in _row(text, "full, scored by structure only")
+    # TuckER has no modality to perturb: its clean value at the ratio, MoMoK its own run
+    assert "| 37.00 |" in _row(text, "ModalityNoise", "tucker", "0.4")
+    assert "| 38.00 |" in _row(text, "ModalityNoise", "momok", "0.4")
+    assert "| 27.00 |" in _row(text, "LinkSparsify", "tucker", "0.4")
+    cost = _row(text, "MKG-Y", "tucker")
+    assert "| 12.5 |" in cost and "| 812 |" in cost
+    assert "| 776 |" in _row(text, "MKG-Y", "fine-tuned")
+    assert "| 60.00 | joint |" in _row(text, "a")
+    for png in ("robustness.png", "ablations.png", "gates-MKG-Y.png"):
+        assert (tmp_path / "fig" / png).stat().st_size > 1000
+
+
+def test_write_report_replaces_only_its_block(results, tmp_path):
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Results\n\nhand-written speed section\n")
+    report.write_report(results, out, tmp_path / "fig")
+    first = out.read_text()
+    assert first.startswith("# Results\n\nhand-written speed section\n")
+    assert first.count(report.BEGIN) == 1 and "(fig/table1-MKG-Y.png)" in first
+    out.write_text(first + "\ntrailing text\n")
+    (results / "table1" / "m0.json").unlink()
+    report.write_report(results, out, tmp_path / "fig")
+    second = out.read_text()
+    assert second.count(report.BEGIN) == 1 and second.endswith("\ntrailing text\n")
+    assert "MoMoK (names)" not in second and "hand-written speed section" in second
+
+
+def test_a_broken_file_is_named(results, tmp_path):
+    (results / "table1" / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        report.render(results, tmp_path / "fig")

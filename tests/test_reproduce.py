@@ -1,0 +1,197 @@
+"""``momok-pyg reproduce``: run plans (grid -> seeds on valid), result JSON, resumption and
+locks, on the synthetic MMKG; the new TrainConfig switches (lr decay, selection on the valid
+triples not in train, test tracking, transforms)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from momok_pyg import reproduce as R
+from momok_pyg.datasets.synthetic import make_synthetic_mmkg
+from momok_pyg.training import TrainConfig, load_checkpoint, train
+from momok_pyg.training import loop as loop_mod
+
+TINY = dict(num_entities=300, num_triples=3000, num_groups=6, num_attributes=4)
+
+
+def _quiet(_):
+    pass
+
+
+def _opts(tmp_path, **kw):
+    base = dict(runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "results"),
+                datasets=["synthetic"], models=["tucker"], seeds=[0, 1],
+                grid=[{"lr": 0.02}, {"lr": 0.005}], max_epochs=2, eval_every=1, patience=0,
+                extra={"synthetic": TINY, "dim": 16})
+    base.update(kw)
+    return R.Options(**base)
+
+
+def _fake_result(opts, name, valid_mrr, **meta):
+    path = os.path.join(opts.results_dir, "table1", f"{name}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"experiment": "table1", "name": name, "meta": meta,
+                   "config": {"select_on": "valid"}, "best_valid": {"mrr": valid_mrr},
+                   "test": {"mrr": 0.0}}, f)
+
+
+def test_parse_grid_is_the_product_and_rejects_bad_items():
+    assert R.parse_grid(["lr=0.001,0.003", "loss=ce"]) == [
+        {"lr": 0.001, "loss": "ce"}, {"lr": 0.003, "loss": "ce"}]
+    with pytest.raises(ValueError, match="KEY=V1,V2"):
+        R.parse_grid(["lr"])
+
+
+def test_table1_plan_selects_the_seed_runs_on_valid(tmp_path):
+    opts = _opts(tmp_path, seeds=[0, 1, 2])
+    names = [s.name for s in R.plan("table1", opts)]
+    assert names == ["tucker-synthetic-lr0.02-seed0", "tucker-synthetic-lr0.005-seed0"]
+    _fake_result(opts, names[0], 0.30, dataset="synthetic", model="tucker", stage="grid",
+                 grid={"lr": 0.02})
+    assert [s.name for s in R.plan("table1", opts)] == names  # grid unfinished: no seeds
+    _fake_result(opts, names[1], 0.35, dataset="synthetic", model="tucker", stage="grid",
+                 grid={"lr": 0.005})
+    specs = R.plan("table1", opts)
+    seeds = [s for s in specs if s.meta["stage"] == "seed"]
+    # the valid-best grid point (0.35 > 0.30), whatever its test metrics
+    assert [s.name for s in seeds] == ["tucker-synthetic-lr0.005-seed1",
+                                       "tucker-synthetic-lr0.005-seed2"]
+    assert all(s.config.lr == 0.005 and s.config.model == "tucker" for s in seeds)
+    assert [s.config.seed for s in seeds] == [1, 2]
+
+
+def test_features_default_to_official_when_its_files_are_present(tmp_path):
+    opts = R.Options(raw_root=str(tmp_path), root=str(tmp_path / "cache"))
+    assert R.features_for("MKG-Y", opts) == "names"
+    (tmp_path / "MKG-Y").mkdir()
+    for f in R.OFFICIAL_FILES:
+        (tmp_path / "MKG-Y" / f).write_bytes(b"")
+    assert R.features_for("MKG-Y", opts) == "official"
+    assert R.features_for("KVC16K", opts) == "names"  # its folder is Kuai16K
+    spec = next(s for s in R.table1(R.Options(raw_root=str(tmp_path), models=["momok"],
+                                              datasets=["MKG-Y"]), {}))
+    assert spec.config.features == "official"
+    assert spec.config.raw_from == str(tmp_path / "MKG-Y")
+
+
+def test_run_experiment_end_to_end_and_resumes(tmp_path):
+    opts = _opts(tmp_path)
+    assert R.run_experiment("table1", opts, command="cmd", log=_quiet) == 3
+    res = R.load_results(opts.results_dir, "table1")
+    assert sorted(res) == ["tucker-synthetic-lr0.005-seed0", "tucker-synthetic-lr0.02-seed0",
+                           sorted(n for n in res if n.endswith("seed1"))[0]]
+    grid = [res[n] for n in res if n.endswith("seed0")]
+    best = max(grid, key=R.selection_score)
+    seed1 = next(r for n, r in res.items() if n.endswith("seed1"))
+    assert seed1["meta"]["grid"] == best["meta"]["grid"] and seed1["config"]["seed"] == 1
+    for r in res.values():
+        assert r["command"] == "cmd" and r["epochs_run"] == 2 and r["max_epochs"] == 2
+        assert r["commit"] == r["env"]["git_commit"] and r["env"]["cpu_count"] == os.cpu_count()
+        assert [c["epoch"] for c in r["valid_curve"]] == [1, 2]
+        assert [c["epoch"] for c in r["test_curve"]] == [1, 2]
+        assert r["peak_rss_mb"] > 50 and r["wall_seconds"] > 0
+        # the upstream-style report is each metric's max over the test curve ...
+        for k in ("mrr", "hits@1", "hits@10"):
+            assert r["upstream_style"][k] == max(c[k] for c in r["test_curve"])
+        # ... while the reported test metrics are those of the best-valid epoch
+        best_epoch = max(r["valid_curve"], key=lambda c: c["mrr"])["epoch"]
+        assert r["best_epoch"] == best_epoch
+        assert r["test"]["mrr"] == pytest.approx(
+            next(c["mrr"] for c in r["test_curve"] if c["epoch"] == best_epoch))
+        assert r["valid_still_rising"] == (best_epoch == 2)
+    # everything finished: a second call trains nothing
+    assert R.run_experiment("table1", opts, log=_quiet) == 0
+    assert all(row["state"] == "done" for row in R.status("table1", opts))
+
+
+def test_locks_skip_claimed_runs_and_take_over_stale_ones(tmp_path):
+    lock = R._Lock(tmp_path / "run")
+    assert lock.acquire()
+    assert not R._Lock(tmp_path / "run").acquire()  # held by a live process (us)
+    lock.release()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "run" / R._Lock.NAME).write_text(str(dead.pid))
+    assert R._Lock(tmp_path / "run").acquire()  # the holder is gone
+
+
+def test_a_claimed_run_is_left_to_its_holder(tmp_path):
+    opts = _opts(tmp_path, seeds=[0], grid=[{"lr": 0.02}])
+    name = R.plan("table1", opts)[0].name
+    assert R._Lock(tmp_path / "runs" / "table1" / name).acquire()
+    assert R.run_experiment("table1", opts, log=_quiet) == 0
+    assert R.status("table1", opts)[0]["state"] == "running"
+
+
+def test_lr_decay_select_on_and_track_test(tmp_path, monkeypatch):
+    data = make_synthetic_mmkg(**TINY)
+    # put 40 valid triples into train: "not in train" is then a strict subset
+    from momok_pyg.datasets.schema import get_triples, set_triples
+    train_t, valid_t = get_triples(data, "train"), get_triples(data, "valid")
+    set_triples(data, "train", torch.cat([train_t, valid_t[:40]]))
+    from momok_pyg.evaluate import in_train_mask
+    mask = in_train_mask(data, "valid")
+    assert mask[:40].all() and int(mask.sum()) == 40
+    cfg = TrainConfig.for_dataset("synthetic", synthetic=TINY, dim=16, lr=0.01, epochs=3,
+                                  eval_every=1, patience=0, threads=1, progress=False,
+                                  model="tucker", lr_decay=0.5, select_on="valid_not_in_train",
+                                  track_test=True)
+    m = train(cfg, tmp_path, data=data, log=_quiet)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * 0.5 ** 3)
+    curve = m["valid_curve"]
+    assert all(c["not_in_train"]["count"] == 2 * (valid_t.size(0) - 40) for c in curve)
+    best = max(curve, key=lambda c: c["not_in_train"]["mrr"])
+    assert m["best_epoch"] == best["epoch"] and m["select_on"] == "valid_not_in_train"
+    assert [c["epoch"] for c in m["test_curve"]] == [1, 2, 3]
+    # the not-in-train subset equals ranking those triples alone
+    from momok_pyg.evaluate import evaluate_link_prediction
+    from momok_pyg.training import load_model, scorer
+    model = load_model(tmp_path, data=data)[0]
+    full = evaluate_link_prediction(scorer(model), data, "valid", breakdowns=False,
+                                    subsets={"not_in_train": ~mask})
+    alone = data.clone()
+    set_triples(alone, "valid", valid_t[40:])
+    from momok_pyg.metrics import FilterIndex
+    sub = evaluate_link_prediction(scorer(model), alone, "valid", breakdowns=False,
+                                   filter_index=FilterIndex.from_data(data))
+    assert full["not_in_train"]["mrr"] == pytest.approx(sub["mrr"])
+    assert full["not_in_train"]["count"] == sub["count"]
+    with pytest.raises(ValueError, match="bool mask of shape"):
+        evaluate_link_prediction(scorer(model), data, "valid", subsets={"x": mask[:3]})
+
+
+def test_config_validates_the_new_switches():
+    with pytest.raises(ValueError, match="lr_decay"):
+        TrainConfig(lr_decay=0.0)
+    with pytest.raises(ValueError, match="select_on"):
+        TrainConfig(select_on="test")
+    with pytest.raises(ValueError, match="transforms"):
+        TrainConfig(transforms=[{"name": "Shuffle"}])
+
+
+def test_transforms_in_the_config_reach_the_training_data():
+    cfg = TrainConfig.for_dataset("synthetic", synthetic=TINY,
+                                  transforms=[{"name": "LinkSparsify", "ratio": 0.5}])
+    from momok_pyg.datasets.schema import get_triples
+    full = loop_mod.load_data(TrainConfig.for_dataset("synthetic", synthetic=TINY))
+    sparse = loop_mod.load_data(cfg)
+    n_full, n_sparse = get_triples(full, "train").size(0), get_triples(sparse, "train").size(0)
+    assert n_sparse == pytest.approx(n_full * 0.5, abs=1)
+    assert torch.equal(get_triples(full, "test"), get_triples(sparse, "test"))
+
+
+def test_cli_train_from_a_config_file(tmp_path, capsys):
+    from momok_pyg.cli import main
+    cfg = TrainConfig.for_dataset("synthetic", synthetic=TINY, dim=16, epochs=1, threads=1,
+                                  model="tucker", progress=False)
+    cfg.save(tmp_path / "c.json")
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--lr", "0.02",
+                 "--out", str(tmp_path / "run")]) == 0
+    saved = TrainConfig.load(tmp_path / "run" / "config.json")
+    assert saved.lr == 0.02 and saved.dim == 16 and saved.model == "tucker"
+    assert saved.synthetic == TINY
