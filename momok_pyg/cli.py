@@ -48,6 +48,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=("momok", "tucker"), default=None,
                    help="MoMoK (default) or the structure-only TuckER baseline")
+    m.add_argument("--protocol", choices=("paper", "official"), default=None,
+                   help="paper (default): the method as the paper writes it; official: the "
+                        "official code's loss, inference, gate input, ExID pairs and relation "
+                        "size (flags given override it; see TrainConfig PROTOCOLS)")
     m.add_argument("--dim", type=int, default=None, help="entity embedding size")
     m.add_argument("--rel-dim", type=int, default=None,
                    help="relation embedding size (default: --dim)")

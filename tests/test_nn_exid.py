@@ -81,7 +81,9 @@ def test_club_sampled_estimator_agrees_in_expectation():
 
 def test_exid_gradients_go_to_views_or_estimators_only():
     torch.manual_seed(0)
-    exid = ExID({"a": 6, "b": 4}, num_experts=3)
+    # the paper's default: one Q_theta,m per modality for all its expert pairs
+    assert len(ExID({"a": 6, "b": 4}, num_experts=3).estimators["a"]) == 1
+    exid = ExID({"a": 6, "b": 4}, num_experts=3, shared=False)
     assert len(exid.estimators["a"]) == 3  # one Q per unordered expert pair
     views = {"a": torch.randn(32, 3, 6, requires_grad=True),
              "b": torch.randn(32, 3, 4, requires_grad=True)}

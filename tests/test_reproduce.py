@@ -195,3 +195,26 @@ def test_cli_train_from_a_config_file(tmp_path, capsys):
     saved = TrainConfig.load(tmp_path / "run" / "config.json")
     assert saved.lr == 0.02 and saved.dim == 16 and saved.model == "tucker"
     assert saved.synthetic == TINY
+
+
+def test_protocols_expand_below_explicit_flags():
+    from momok_pyg.cli import build_parser, config_from_args
+    paper = TrainConfig.for_dataset("MKG-Y")
+    assert (paper.protocol, paper.loss, paper.aggregate, paper.model_kwargs) == \
+        ("paper", "ce", "sum", {})
+    off = config_from_args(build_parser().parse_args(
+        ["train", "--dataset", "MKG-Y", "--protocol", "official", "--model-arg",
+         "exid_sample=false"]))
+    assert (off.protocol, off.loss, off.label_smoothing, off.aggregate, off.rel_dim) == \
+        ("official", "bce", 0.1, "mean_sigmoid", 256)
+    assert off.model_kwargs == {"gate_input": "raw", "exid_pairs": "random",
+                                "exid_shared": True, "exid_sample": False}
+    assert config_from_args(build_parser().parse_args(
+        ["train", "--protocol", "official", "--loss", "ce"])).loss == "ce"
+    data = make_synthetic_mmkg(**TINY)
+    model = loop_mod.build_model(TrainConfig.for_dataset(
+        "synthetic", synthetic=TINY, dim=8, protocol="official"), data)
+    assert model.exid.pairs == "random" and model.exid.shared and model.rel_dim == 256
+    assert model.mujod.aggregate_type == "mean_sigmoid"
+    with pytest.raises(ValueError, match="protocol"):
+        TrainConfig(protocol="upstream")

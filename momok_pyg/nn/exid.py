@@ -124,9 +124,10 @@ class ExID(torch.nn.Module):
     (:meth:`learning_loss`) with their own optimizer, on *detached* expert outputs.
 
     Pairs :math:`\mathcal{P}`: ``pairs="all"`` (default) uses every unordered pair
-    :math:`i < j` with its own :math:`Q_\theta` per pair (``shared=False``);
-    ``pairs="random"`` draws one ordered pair per call, and ``shared=True`` uses one
-    :math:`Q_{\theta,m}` per modality for all pairs — together the official behaviour. The
+    :math:`i < j`; ``pairs="random"`` draws one ordered pair per call (official).
+    ``shared=True`` (default) uses one :math:`Q_{\theta,m}` per modality for all its pairs,
+    as the paper writes it and as the official code does; ``shared=False`` gives every pair
+    its own estimator. The
     official ``MIEstimator`` indexes its pair on the *batch* axis (``strs[idx1]`` of a
     ``[B, K, d]`` tensor picks two samples, not two experts); that bug is not reproduced:
     here pairs are always pairs of experts across the batch.
@@ -144,7 +145,7 @@ class ExID(torch.nn.Module):
         sample (bool): Sampled CLUB negatives (official) instead of the exact mean.
     """
     def __init__(self, dims: Mapping[str, int], num_experts: int, hidden: Optional[int] = None,
-                 pairs: str = "all", shared: bool = False, sample: bool = False):
+                 pairs: str = "all", shared: bool = True, sample: bool = False):
         super().__init__()
         if num_experts < 2:
             raise ValueError(f"ExID needs at least 2 experts, got {num_experts}")

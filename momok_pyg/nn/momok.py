@@ -168,9 +168,12 @@ class MoMoK(torch.nn.Module):
     ``dim``; equal for the default ``rel_dim=None``).
 
     **Features.** ``feature_norm="l2"`` (official) L2-normalises every feature row,
-    ``feature_pool`` average-pools rows to fewer dims (the official code pools some datasets
-    to 256 dims with dataset-specific 2-D pools over reshaped rows; this is the 1-D
-    equivalent and never depends on the dataset's name). ``finetune_features=True``
+    ``feature_pool`` average-pools each row to fewer dims with a 1-D adaptive average pool.
+    This is *not* what the official code does: it reshapes rows of some datasets to 2-D and
+    applies dataset-specific 2-D adaptive pools, and for the text features that pool
+    upsamples one axis (32 to 64 columns: each column is repeated, not averaged), so its
+    output is no 1-D average of the row. The 1-D pool here never depends on the dataset's
+    name; the default (``None``) keeps the features' own size. ``finetune_features=True``
     (default, as official) trains the feature tables as parameters; ``False`` keeps them
     fixed. Fine-tuning lets the rows of entities that never occur in a training triple drift
     (they only receive the 1-N negatives' gradient), so with fixed tables MoMoK generalises
@@ -228,7 +231,7 @@ class MoMoK(torch.nn.Module):
                  hidden_dropout_mode: str = "sample", fusion_heads: int = 2,
                  fusion_dropout: float = 0.2, noise_eps: float = 1e-2,
                  exid_hidden: Optional[int] = None, exid_pairs: str = "all",
-                 exid_shared: bool = False, exid_sample: bool = False):
+                 exid_shared: bool = True, exid_sample: bool = False):
         super().__init__()
         if num_entities <= 0 or num_relations <= 0:
             raise ValueError(f"need num_entities > 0 and num_relations > 0, got "

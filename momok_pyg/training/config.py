@@ -42,6 +42,30 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "MKG-Y": dict(dim=300, lr=5e-4, epochs=2000, eval_every=10, patience=10),
     "KVC16K": dict(dim=256, lr=5e-4, epochs=2000, eval_every=10, patience=10),
 }
+#: The two protocols of MoMoK (``protocol=`` / ``--protocol``). ``"paper"`` (the default)
+#: is the paper's method as written: softmax cross-entropy per query, summed modality scores
+#: at inference, the gate computed from the expert views, ExID over every pair of experts
+#: with one variational network :math:`Q_{\theta,m}` per modality (the class defaults of
+#: :class:`~momok_pyg.nn.MoMoK`, nothing to override). ``"official"`` is what the official
+#: code runs: BCE against all entities with label smoothing 0.1 (target
+#: :math:`(1-\varepsilon) y + 1/N`), the mean of the per-modality sigmoid scores at inference,
+#: the gate computed from the raw feature, one random ordered expert pair per step sharing
+#: one :math:`Q_{\theta,m}` with sampled CLUB negatives, and relation embeddings of size
+#: 256. The Tucker dropouts (0.3 / 0.4 / 0.5) are the same in both.
+#:
+#: :math:`\lambda` is relative to the KGC loss as it is computed: per query, the softmax CE
+#: gives an answer's score a gradient of about :math:`-1/B`, the official mean BCE over
+#: :math:`B \times N` one of about :math:`-1/(BN)`. So the official
+#: :math:`\lambda = 10^{-4}` weighs ExID about :math:`N` times (15,000 on MKG-Y) more
+#: heavily against the KGC gradients than the same :math:`\lambda` does under ``"paper"``;
+#: ``lambda_club = 1e-4 * N`` under ``"paper"`` matches the official balance.
+PROTOCOLS: Dict[str, Dict[str, Any]] = {
+    "paper": {},
+    "official": dict(loss="bce", label_smoothing=0.1, aggregate="mean_sigmoid", rel_dim=256,
+                     model_kwargs=dict(gate_input="raw", exid_pairs="random",
+                                       exid_shared=True, exid_sample=True)),
+}
+
 _ALIASES = {"mkgw": "MKG-W", "mkgy": "MKG-Y", "db15k": "DB15K", "kvc16k": "KVC16K",
             "kuai16k": "KVC16K", "synthetic": SYNTHETIC}
 
@@ -68,6 +92,9 @@ class TrainConfig:
     transforms: List[Dict[str, Any]] = field(default_factory=list)
     # model
     model: str = "momok"
+    #: ``"paper"`` or ``"official"`` (see :data:`PROTOCOLS`); :meth:`for_dataset` applies the
+    #: protocol's settings below any explicit override
+    protocol: str = "paper"
     dim: int = 64
     rel_dim: Optional[int] = None
     num_experts: int = 3
@@ -122,6 +149,9 @@ class TrainConfig:
         self.dataset = canonical_dataset(self.dataset)
         if self.model not in ("momok", "tucker"):
             raise ValueError(f"model must be 'momok' or 'tucker', got {self.model!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got "
+                             f"{self.protocol!r}")
         if self.fusion not in ("attention", "mean"):
             raise ValueError(f"fusion must be 'attention' or 'mean', got {self.fusion!r}")
         for name in ("dim", "num_experts", "batch_size", "eval_every", "eval_batch_size"):
@@ -156,7 +186,17 @@ class TrainConfig:
         :obj:`overrides` (``None`` values are ignored) applied on top."""
         name = canonical_dataset(dataset)
         kw: Dict[str, Any] = dict(PRESETS.get(name, {}))
-        kw.update({k: v for k, v in overrides.items() if v is not None})
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        protocol = overrides.get("protocol", "paper")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+        preset = {k: (dict(v) if isinstance(v, dict) else v)
+                  for k, v in PROTOCOLS[protocol].items()}
+        model_kwargs = {**preset.pop("model_kwargs", {}), **overrides.pop("model_kwargs", {})}
+        kw.update(preset)
+        kw.update(overrides)
+        if model_kwargs:
+            kw["model_kwargs"] = model_kwargs
         return cls(dataset=name, **kw)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -188,7 +228,8 @@ class TrainConfig:
             raise ValueError(f"{path}: {e}") from e
 
     # Fields whose change makes an existing checkpoint incompatible with this run.
-    RESUME_KEYS = ("dataset", "features", "synthetic", "transforms", "model", "dim", "rel_dim",
+    RESUME_KEYS = ("dataset", "features", "synthetic", "transforms", "model", "protocol",
+                   "dim", "rel_dim",
                    "num_experts", "loss", "label_smoothing", "aggregate", "model_kwargs",
                    "rel_temperature", "noise", "fusion", "joint", "exid", "member", "lr",
                    "batch_size",
