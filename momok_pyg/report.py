@@ -160,6 +160,7 @@ def section_table1(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> L
         runs = by_ds[ds]
         tucker = [r for r in runs if r["meta"].get("model") == "tucker"]
         grid = [r for r in tucker if r["meta"].get("stage") == "grid"]
+        probes = [r for r in tucker if r["meta"].get("stage") == "probe"]
         best_point = None
         if grid:
             best = max(grid, key=lambda r: _sel(r) or -1.0)
@@ -168,6 +169,10 @@ def section_table1(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> L
                 grid_rows.append([ds, ", ".join(f"{k}={v}" for k, v in sorted(
                     r["meta"]["grid"].items())), _pct(_sel(r)), _pct(r["test"]["mrr"]),
                     _epochs(r), "**selected**" if r is best else ""])
+        for r in probes:
+            grid_rows.append([ds, ", ".join(f"{k}={v}" for k, v in sorted(
+                r["meta"]["grid"].items())), _pct(_sel(r)), _pct(r["test"]["mrr"]), _epochs(r),
+                "fixed-budget probe, not selectable"])
         selected = [r for r in tucker if r["meta"].get("grid") == best_point]
         for label, group in (("TuckER (structure)", selected),
                              *[(f"MoMoK ({feats})", [r for r in runs if r["meta"].get("model")

@@ -218,3 +218,15 @@ def test_protocols_expand_below_explicit_flags():
     assert model.mujod.aggregate_type == "mean_sigmoid"
     with pytest.raises(ValueError, match="protocol"):
         TrainConfig(protocol="upstream")
+
+
+def test_the_bce_probe_is_planned_but_never_selected(tmp_path):
+    opts = _opts(tmp_path, datasets=["MKG-Y"], grid=None, seeds=[0, 1])
+    specs = R.plan("table1", opts)
+    probe = [s for s in specs if s.meta["stage"] == "probe"]
+    assert len(probe) == 1 and probe[0].config.loss == "bce" and probe[0].config.epochs == 60
+    for s in specs:
+        mrr = 0.9 if s.meta["stage"] == "probe" else (0.3 if s.config.lr == 1e-3 else 0.2)
+        _fake_result(opts, s.name, mrr, **s.meta)
+    seeds = [s for s in R.plan("table1", opts) if s.meta["stage"] == "seed"]
+    assert [(s.config.loss, s.config.lr, s.config.seed) for s in seeds] == [("ce", 1e-3, 1)]
