@@ -101,6 +101,14 @@ def test_table1_numbers_come_from_the_files(results, tmp_path):
     assert (tmp_path / "fig" / "table1-MKG-Y.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_selection_on_the_valid_triples_not_in_train_reads_the_test_curve():
+    r = {"valid_curve": [{"epoch": 5, "mrr": 0.5, "not_in_train": {"mrr": 0.1}},
+                         {"epoch": 10, "mrr": 0.4, "not_in_train": {"mrr": 0.2}}],
+         "test_curve": [{"epoch": 5, "mrr": 0.33}, {"epoch": 10, "mrr": 0.31}]}
+    assert report.alt_selection_test(r) == 0.31
+    assert report.alt_selection_test({**r, "test_curve": []}) is None
+
+
 def test_other_sections(results, tmp_path):
     text = report.render(results, tmp_path / "fig")
     assert "| -1.00 |" in _row(text, "no-exid")  # Δ vs full
