@@ -107,10 +107,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "upstream-style max-over-evaluations report; never used to select)")
     r = p.add_argument_group("runtime")
     r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--device", default=None, metavar="auto|cpu|cuda[:i]",
+                   help="where to train and evaluate (default auto: CUDA when available)")
     r.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (fix it for bitwise-reproducible runs)")
     r.add_argument("--bf16", action="store_true", default=None,
-                   help="forward pass under torch.autocast('cpu', dtype=torch.bfloat16)")
+                   help="forward pass under torch.autocast(<device>, dtype=torch.bfloat16)")
     r.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
                    help="glibc mmap threshold fixed while training (default 1048576, lower "
                         "peak RSS; 0: glibc's growing default)")
@@ -216,7 +218,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         grid=R.parse_grid(args.grid) if args.grid else None, max_epochs=args.max_epochs,
         eval_every=args.eval_every, patience=args.patience, threads=args.threads,
         features=args.features, ratios=args.ratios or R.ROBUSTNESS_RATIOS,
-        cost_epochs=args.cost_epochs,
+        cost_epochs=args.cost_epochs, device=args.device, only=args.runs,
         extra=_parse_pairs(args.set, "--set") if args.set else {})
     if args.list:
         for row in R.status(args.experiment, opts):
@@ -295,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="valid evaluations without improvement before stopping")
     r.add_argument("--threads", type=int, default=1,
                    help="torch threads per run (run two processes on two cores)")
+    r.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:i]",
+                   help="device of every run (default auto: CUDA when available); "
+                        "recorded in each result JSON")
     r.add_argument("--features", choices=("names", "official", "none"), default=None,
                    help="MoMoK's features (default: official if present, else names)")
     r.add_argument("--ratios", nargs="+", type=float, default=None,
@@ -303,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", nargs="+", default=None, metavar="KEY=VALUE",
                    help="TrainConfig overrides for every run, e.g. bf16=true")
     r.add_argument("--limit", type=int, default=None, help="stop after N finished runs")
+    r.add_argument("--runs", nargs="+", default=None, metavar="PATTERN",
+                   help="only the runs whose name matches one of these shell patterns, "
+                        "e.g. 'tucker-DB15K-*' (see --list for the names)")
     r.add_argument("--list", action="store_true", help="print the runs and their state")
     r.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     r.set_defaults(func=_cmd_reproduce)

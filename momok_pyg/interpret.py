@@ -43,13 +43,15 @@ def gate_statistics(model: torch.nn.Module, data, split: str = "test",
         count = torch.bincount(rel, minlength=total).double()
         gate_sums: Dict[str, Tensor] = {}
         fusion_sum: Optional[Tensor] = None
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
         for h, r in zip(head.split(batch_size), rel.split(batch_size)):
-            out = model(h, r)
+            out = model(h.to(device), r.to(device))
             for m, g in out.gates.items():
                 acc = gate_sums.setdefault(m, torch.zeros(total, g.size(1), dtype=torch.float64))
-                acc.index_add_(0, r, g.double())
+                acc.index_add_(0, r, g.double().cpu())
             if out.fusion_weights is not None:
-                w = out.fusion_weights.double()
+                w = out.fusion_weights.double().cpu()
                 if fusion_sum is None:
                     fusion_sum = torch.zeros(total, w.size(1), dtype=torch.float64)
                 fusion_sum.index_add_(0, r, w)
@@ -84,17 +86,19 @@ def gate_report(run_dir, split: str = "test") -> Dict[str, Any]:
     from momok_pyg.training import evaluate_run, load_model
     from momok_pyg.training.loop import environment
     model, data, config = load_model(run_dir)
+    device = next(model.parameters()).device
     stats = gate_statistics(model, data, split)
     stats["relation_fusion"] = relation_fusion_weights(model)
     per_modality: Dict[str, Dict[str, float]] = {}
     for m in model.score_modalities:
-        res = evaluate_run(run_dir, split=split, modalities=[m], data=data)
+        res = evaluate_run(run_dir, split=split, modalities=[m], data=data,
+                           device=str(device))
         per_modality[m] = {r: v["mrr"] for r, v in res["per_relation"].items()}
     relations = sorted({r for v in per_modality.values() for r in v})
     best = {r: max(per_modality, key=lambda m: per_modality[m].get(r, float("-inf")))
             for r in relations}
     return {"split": split, "statistics": stats, "per_relation_mrr": per_modality,
-            "best_modality": best, "env": environment()}
+            "best_modality": best, "env": environment(device)}
 
 
 __all__ = ["gate_statistics", "relation_fusion_weights", "gate_report"]

@@ -35,6 +35,7 @@ best-valid checkpoint and the command that made it; :mod:`momok_pyg.report` buil
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import itertools
 import json
 import os
@@ -101,6 +102,9 @@ class Options:
     eval_every: int = 5
     patience: int = 6  #: evaluations without a better valid MRR before stopping
     threads: Optional[int] = 1
+    device: str = "auto"  #: every run's ``TrainConfig.device``
+    #: run only the runs whose name matches one of these shell patterns (``fnmatch``)
+    only: Optional[List[str]] = None
     features: Optional[str] = None  #: default: "official" if present, else "names"
     ratios: Sequence[float] = ROBUSTNESS_RATIOS
     cost_epochs: int = 2
@@ -153,7 +157,7 @@ def features_for(dataset: str, opts: Options) -> Optional[str]:
 def _config(dataset: str, opts: Options, **kw: Any) -> TrainConfig:
     base = dict(dataset=dataset, root=opts.root, raw_from=_raw_from(dataset, opts),
                 epochs=opts.max_epochs, eval_every=opts.eval_every, patience=opts.patience,
-                threads=opts.threads, progress=False, track_test=True)
+                threads=opts.threads, device=opts.device, progress=False, track_test=True)
     base.update(kw)
     base.update(opts.extra)
     return TrainConfig(**base)
@@ -348,7 +352,10 @@ def plan(experiment: str, opts: Options) -> List[RunSpec]:
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; expected one of "
                          f"{sorted(EXPERIMENTS)}")
-    return EXPERIMENTS[experiment](opts, load_results(opts.results_dir, experiment))
+    specs = EXPERIMENTS[experiment](opts, load_results(opts.results_dir, experiment))
+    if opts.only:
+        specs = [s for s in specs if any(fnmatch.fnmatchcase(s.name, p) for p in opts.only)]
+    return specs
 
 
 class _Lock:
@@ -441,6 +448,7 @@ def summarise(spec: RunSpec, metrics: Dict[str, Any], command: str, wall: float,
         "epoch_seconds_median": _median(epoch_seconds[1:] or epoch_seconds),
         "epoch_seconds": epoch_seconds,
         "peak_rss_mb": peak_rss_mb,
+        "peak_gpu_memory_mb": metrics.get("peak_gpu_memory_mb"),
         "select_on": metrics.get("select_on", "valid"),
         "best_valid": metrics.get("best_valid"),
         "valid_curve": valid_curve,

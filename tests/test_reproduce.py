@@ -230,3 +230,13 @@ def test_the_bce_probe_is_planned_but_never_selected(tmp_path):
         _fake_result(opts, s.name, mrr, **s.meta)
     seeds = [s for s in R.plan("table1", opts) if s.meta["stage"] == "seed"]
     assert [(s.config.loss, s.config.lr, s.config.seed) for s in seeds] == [("ce", 1e-3, 1)]
+
+
+def test_only_patterns_and_device_reach_the_plan(tmp_path):
+    opts = _opts(tmp_path, seeds=[0, 1, 2], only=["*lr0.005*"], device="cpu")
+    specs = R.plan("table1", opts)
+    assert [s.name for s in specs] == ["tucker-synthetic-lr0.005-seed0"]
+    assert specs[0].config.device == "cpu"
+    assert R.plan("table1", _opts(tmp_path, only=["nothing-*"])) == []
+    with pytest.raises(ValueError, match="device must be"):
+        R.plan("table1", _opts(tmp_path, device="gpu"))

@@ -91,6 +91,7 @@ def get_rng_state() -> Dict[str, Any]:
     py_version, py_state, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "python": [py_version, list(py_state), py_gauss],
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
                   int(np_state[2]), int(np_state[3]), float(np_state[4])],
@@ -100,6 +101,9 @@ def get_rng_state() -> Dict[str, Any]:
 def set_rng_state(state: Dict[str, Any]) -> None:
     r"""Restores states captured by :func:`get_rng_state`."""
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
     version, py_state, gauss = state["python"]
     random.setstate((version, tuple(py_state), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
@@ -115,16 +119,20 @@ def seed_everything(seed: int) -> None:
 
 def git_commit(path: PathLike = ".") -> str:
     r"""``git rev-parse HEAD`` of the checkout holding :obj:`path` with ``"+dirty"`` appended
-    when tracked files have uncommitted changes, or ``"unknown"``."""
+    when tracked files have uncommitted changes. Outside a git checkout (a copy of the tree,
+    e.g. on a remote GPU machine) the value of ``MOMOK_PYG_COMMIT`` with ``"+copy"``
+    appended, else ``"unknown"``."""
+    fallback = (os.environ["MOMOK_PYG_COMMIT"] + "+copy" if os.environ.get("MOMOK_PYG_COMMIT")
+                else "unknown")
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(path), capture_output=True,
                              text=True, timeout=10, check=True)
         sha = out.stdout.strip()
         if not sha:
-            return "unknown"
+            return fallback
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                cwd=Path(path), capture_output=True, text=True, timeout=10,
                                check=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return fallback

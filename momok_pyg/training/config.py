@@ -137,6 +137,9 @@ class TrainConfig:
     #: :mod:`momok_pyg.report` prints *beside* the best-valid one; it never selects anything
     track_test: bool = False
     # runtime
+    #: ``"auto"`` (CUDA when torch sees a GPU, else the CPU), ``"cpu"``, ``"cuda"`` or
+    #: ``"cuda:<i>"`` (:mod:`momok_pyg.training.device`); a checkpoint resumes on any device
+    device: str = "auto"
     seed: int = 0
     threads: Optional[int] = None
     bf16: bool = False
@@ -168,6 +171,8 @@ class TrainConfig:
         if self.features is not None and self.features not in ("names", "official", "none"):
             raise ValueError(f"features must be 'names', 'official' or 'none', got "
                              f"{self.features!r}")
+        from .device import check_device_spec
+        check_device_spec(self.device)
         self.transforms = [dict(t) for t in self.transforms]
         for t in self.transforms:
             if t.get("name") not in TRANSFORMS:

@@ -47,6 +47,7 @@ from .batching import OneToNQueries, epoch_generator
 from .checkpoint import (atomic_torch_save, atomic_write_json, get_rng_state, git_commit,
                          load_checkpoint, remove_stale_tmp, seed_everything, set_rng_state)
 from .config import SYNTHETIC, TrainConfig
+from .device import device_info, peak_memory_mb, reset_peak_memory, resolve_device
 from .memory import mmap_threshold_while
 from .optim import BackwardAdam
 
@@ -158,6 +159,11 @@ def scorer(model: torch.nn.Module, modalities: Optional[Sequence[str]] = None,
     return score_fn
 
 
+def _model_device(model: torch.nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def _evaluate(model, data, split, config, filter_index, modalities=None, breakdowns=False,
               progress=False, subsets=None) -> Dict[str, Any]:
     from momok_pyg.evaluate import evaluate_link_prediction
@@ -170,7 +176,7 @@ def _evaluate(model, data, split, config, filter_index, modalities=None, breakdo
                                            split=split, batch_size=config.eval_batch_size,
                                            filter_index=filter_index, tie=config.tie,
                                            breakdowns=breakdowns, progress=progress,
-                                           subsets=subsets)
+                                           subsets=subsets, device=_model_device(model))
     finally:
         model.train(was_training)
     return _jsonable(out)
@@ -186,8 +192,9 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def environment(run_dir: Optional[PathLike] = None) -> Dict[str, Any]:
-    r"""Versions, git commit, thread count and device, recorded in ``metrics.json``."""
+def environment(device: Optional[torch.device] = None) -> Dict[str, Any]:
+    r"""Versions, git commit, thread count, CPU and device (with the GPU's name and memory
+    on CUDA), recorded in ``metrics.json``."""
     import momok_pyg
     here = Path(__file__).resolve().parent
     return {
@@ -196,10 +203,10 @@ def environment(run_dir: Optional[PathLike] = None) -> Dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
-        "device": "cpu",
         "cpu": platform.processor() or platform.machine(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        **device_info(device if device is not None else torch.device("cpu")),
     }
 
 
@@ -244,7 +251,8 @@ def _train_epoch(model: torch.nn.Module, queries: OneToNQueries,
     model.train()
     exid = getattr(model, "exid", None)
     gen = epoch_generator(config.seed, epoch)
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if config.bf16 else
+    device = _model_device(model)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else
                 contextlib.nullcontext())
     sums = {"loss": 0.0, "mi_upper": 0.0, "q_loss": 0.0}
     n = 0
@@ -252,6 +260,8 @@ def _train_epoch(model: torch.nn.Module, queries: OneToNQueries,
                disable=not progress, leave=False, dynamic_ncols=True)
     for ent, rel, idx in queries.batches(config.batch_size, gen):
         target = queries.sparse_target(idx)
+        if device.type != "cpu":
+            ent, rel = ent.to(device, non_blocking=True), rel.to(device, non_blocking=True)
         with autocast:
             out = model.forward_loss(ent, rel, target)
             loss = out.loss
@@ -374,9 +384,12 @@ def fit(config: TrainConfig, out_dir: PathLike, data=None, resume: bool = True,
     config.save(out / CONFIG)
     wall0 = time.perf_counter()
 
-    model = build_model(config, data)
+    device = resolve_device(config.device)
+    model = build_model(config, data).to(device)
+    reset_peak_memory(device)
     # the code and the model's effective settings (defaults included) that start this run
-    atomic_write_json({"env": environment(), "model": repr(model)}, out / "env_start.json")
+    atomic_write_json({"env": environment(device), "model": repr(model)},
+                      out / "env_start.json")
     _check_modalities(model, config.eval_modalities if member is None else None)
     optimizer, q_optimizer = _optimizers(model, config)
     seed_everything(config.seed)
@@ -511,5 +524,6 @@ def _metrics(config, state, test, per_modality, final_eval, wall, model, queries
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
         "num_train_queries": len(queries),
         "config": config.to_dict(),
-        "env": environment(),
+        "env": environment(_model_device(model)),
+        "peak_gpu_memory_mb": peak_memory_mb(_model_device(model)),
     }

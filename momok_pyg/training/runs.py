@@ -13,9 +13,10 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_json, load_checkpoint, remove_stale_tmp
 from .config import TrainConfig
+from .device import resolve_device
 from .ensemble import EnsembleScorer
 from .loop import (BEST, CONFIG, LAST, MEMBER_PREFIX, METRICS, PathLike, _check_modalities,
-                   _evaluate, _scalars, build_model, environment, fit, load_data,
+                   _evaluate, _model_device, _scalars, build_model, environment, fit, load_data,
                    member_names)
 
 
@@ -102,7 +103,7 @@ def _train_ensemble(config: TrainConfig, out: Path, data, resume: bool, overwrit
         },
         "num_parameters": int(sum(p.numel() for p in ensemble.parameters())),
         "config": config.to_dict(),
-        "env": environment(),
+        "env": environment(_model_device(ensemble)),
     }
     atomic_write_json(metrics, out / METRICS)
     log(f"[{out.name}] ensemble of {names}: test mrr {test['mrr']:.4f}")
@@ -112,11 +113,13 @@ def _train_ensemble(config: TrainConfig, out: Path, data, resume: bool, overwrit
 # ---------------------------------------------------------------------------------------------
 # loading a finished run
 # ---------------------------------------------------------------------------------------------
-def load_model(run_dir: PathLike, data=None, which: str = "best"
-               ) -> Tuple[torch.nn.Module, Any, TrainConfig]:
+def load_model(run_dir: PathLike, data=None, which: str = "best",
+               device: Optional[str] = None) -> Tuple[torch.nn.Module, Any, TrainConfig]:
     r"""``(model, data, config)`` of a run directory, the model in ``eval()`` mode with the
-    weights of ``best.pt`` (or ``last.pt`` with ``which="last"``). An ensemble run
-    (``joint=False``) gives an :class:`EnsembleScorer` over its members' checkpoints."""
+    weights of ``best.pt`` (or ``last.pt`` with ``which="last"``), on :obj:`device` (default:
+    the run's ``config.device``, see :func:`~momok_pyg.training.device.resolve_device`). An
+    ensemble run (``joint=False``) gives an :class:`EnsembleScorer` over its members'
+    checkpoints."""
     run = Path(run_dir)
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
@@ -137,6 +140,7 @@ def load_model(run_dir: PathLike, data=None, which: str = "best"
             member.load_state_dict(ckpt["model"])
             members[m] = member
         model = EnsembleScorer(members)
+    model.to(resolve_device(config.device if device is None else device))
     model.eval()
     return model, data, config
 
@@ -144,9 +148,9 @@ def load_model(run_dir: PathLike, data=None, which: str = "best"
 def evaluate_run(run_dir: PathLike, split: str = "test",
                  modalities: Optional[Sequence[str]] = None, data=None,
                  breakdowns: bool = True, which: str = "best",
-                 progress: bool = False) -> Dict[str, Any]:
+                 progress: bool = False, device: Optional[str] = None) -> Dict[str, Any]:
     r"""Re-evaluates the checkpoint of a run on :obj:`split` (filtered, both directions)."""
-    model, data, config = load_model(run_dir, data=data, which=which)
+    model, data, config = load_model(run_dir, data=data, which=which, device=device)
     mods = config.eval_modalities if modalities is None else list(modalities)
     _check_modalities(model, mods)
     from momok_pyg.evaluate import FilterIndex

@@ -1,0 +1,96 @@
+"""Device plumbing (``TrainConfig.device`` / ``--device``): resolution, validation, a
+checkpoint that resumes under another device setting, and -- where torch sees a GPU -- a
+CUDA run that learns what the CPU run learns."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from momok_pyg.training import TrainConfig, train
+from momok_pyg.training.device import check_device_spec, resolve_device
+
+TINY = dict(num_entities=400, num_triples=5000, num_groups=8, num_attributes=4)
+
+
+def _config(**kw):
+    base = dict(dataset="synthetic", synthetic=TINY, dim=32, lr=0.01, batch_size=512,
+                epochs=3, eval_every=1, patience=100, threads=1, seed=5, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("spec", ["auto", "cpu", "cuda", "cuda:0", "cuda:3"])
+def test_device_spec_accepts(spec):
+    assert check_device_spec(spec) == spec
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:", "cuda:x", "CPU", "", "mps"])
+def test_device_spec_rejects_with_expected_forms(spec):
+    with pytest.raises(ValueError, match="'auto', 'cpu', 'cuda' or 'cuda:<index>'"):
+        check_device_spec(spec)
+    with pytest.raises(ValueError, match="device must be"):
+        TrainConfig(device=spec)
+
+
+def test_auto_resolves_by_cuda_availability(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="sees no CUDA device"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(RuntimeError, match="only 2 CUDA"):
+        resolve_device("cuda:2")
+
+
+def test_cli_rejects_unknown_device(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "momok_pyg.cli", "train", "--device", "gpu",
+                           "--epochs", "1", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got 'gpu'" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_device_is_recorded_and_a_checkpoint_resumes_under_another_setting(tmp_path):
+    # 3 epochs in one go vs 2 epochs on device="cpu" then resumed with device="auto": the
+    # device is not a resume key, the checkpoint is loaded to the CPU and copied into the
+    # model, so on a CPU-only machine the two runs are bitwise equal
+    full = train(_config(device="cpu"), tmp_path / "full")
+    train(_config(device="cpu", epochs=2), tmp_path / "split")
+    resumed = train(_config(device="auto" if not torch.cuda.is_available() else "cpu"),
+                    tmp_path / "split")
+    assert resumed["epochs_run"] == 3
+    assert resumed["valid_curve"] == full["valid_curve"]
+    assert resumed["test"]["mrr"] == full["test"]["mrr"]
+    assert full["env"]["device"] == "cpu" and full["peak_gpu_memory_mb"] is None
+    start = json.loads((tmp_path / "full" / "env_start.json").read_text())
+    assert start["env"]["device"] == "cpu"
+    # a random model ranks the true answer near N/2; three epochs must do far better
+    assert full["test"]["mrr"] > 5 * (2.0 / TINY["num_entities"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_learns_what_the_cpu_run_learns(tmp_path):
+    cpu = train(_config(device="cpu", epochs=4), tmp_path / "cpu")
+    gpu = train(_config(device="cuda", epochs=4), tmp_path / "cuda")
+    assert gpu["env"]["device"] == "cuda:0" and gpu["env"]["gpu_name"]
+    assert gpu["peak_gpu_memory_mb"] > 0
+    # different kernels and random streams: the same learning, not the same bits
+    assert abs(gpu["test"]["mrr"] - cpu["test"]["mrr"]) < 0.05, (gpu["test"], cpu["test"])
+    tucker = train(_config(model="tucker", device="cuda", epochs=4), tmp_path / "tucker")
+    assert tucker["test"]["mrr"] > 5 * (2.0 / TINY["num_entities"])
+
+
+def test_commit_of_a_tree_copy_without_git(tmp_path, monkeypatch):
+    from momok_pyg.training.checkpoint import git_commit
+    monkeypatch.delenv("MOMOK_PYG_COMMIT", raising=False)
+    assert git_commit(tmp_path) == "unknown"
+    monkeypatch.setenv("MOMOK_PYG_COMMIT", "0123abc")
+    assert git_commit(tmp_path) == "0123abc+copy"
