@@ -2,6 +2,7 @@
 checkpoint that resumes under another device setting, and -- where torch sees a GPU -- a
 CUDA run that learns what the CPU run learns."""
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -94,3 +95,5 @@ def test_commit_of_a_tree_copy_without_git(tmp_path, monkeypatch):
     assert git_commit(tmp_path) == "unknown"
     monkeypatch.setenv("MOMOK_PYG_COMMIT", "0123abc")
     assert git_commit(tmp_path) == "0123abc+copy"
+    # it also overrides a checkout's own (possibly stale) git state
+    assert git_commit(Path(__file__).parent) == "0123abc+copy"

@@ -119,11 +119,14 @@ def seed_everything(seed: int) -> None:
 
 def git_commit(path: PathLike = ".") -> str:
     r"""``git rev-parse HEAD`` of the checkout holding :obj:`path` with ``"+dirty"`` appended
-    when tracked files have uncommitted changes. Outside a git checkout (a copy of the tree,
-    e.g. on a remote GPU machine) the value of ``MOMOK_PYG_COMMIT`` with ``"+copy"``
-    appended, else ``"unknown"``."""
-    fallback = (os.environ["MOMOK_PYG_COMMIT"] + "+copy" if os.environ.get("MOMOK_PYG_COMMIT")
-                else "unknown")
+    when tracked files have uncommitted changes, or ``"unknown"``.
+
+    ``MOMOK_PYG_COMMIT``, when set, names the commit instead (with ``"+copy"`` appended): for
+    a copy of a committed tree run where git cannot tell (no ``.git``, or a stale one, as on
+    a remote GPU machine that receives the working tree)."""
+    if os.environ.get("MOMOK_PYG_COMMIT"):
+        return os.environ["MOMOK_PYG_COMMIT"] + "+copy"
+    fallback = "unknown"
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(path), capture_output=True,
                              text=True, timeout=10, check=True)
