@@ -74,6 +74,17 @@ def _epochs(r: Dict[str, Any]) -> str:
     return f"best {r.get('best_epoch')} of {r.get('epochs_run')}{stop}{rising}"
 
 
+def _device(r: Dict[str, Any]) -> str:
+    r"""``"cpu"`` or the GPU's name (``"cuda NVIDIA H200"``) a run trained on."""
+    env = r.get("env") or {}
+    dev = str(env.get("device", "cpu"))
+    return f"cuda {env['gpu_name']}" if dev.startswith("cuda") and env.get("gpu_name") else dev
+
+
+def _devices(results: Iterable[Dict[str, Any]]) -> str:
+    return ", ".join(sorted({_device(r) for r in results}))
+
+
 def _machines(results: Iterable[Dict[str, Any]]) -> str:
     seen = []
     for r in results:
@@ -164,10 +175,12 @@ def _heatmap(ax, matrix: List[List[float]], rows: List[str], cols: List[str], ti
 # sections
 # ---------------------------------------------------------------------------------------------
 def section_table1(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> List[str]:
-    out = ["## Table 1: link prediction on the four benchmarks", ""]
+    out = ["### Table 1: link prediction on the four benchmarks", ""]
     by_ds: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
     for r in results:
         by_ds[r["meta"]["dataset"]].append(r)
+    from momok_pyg.reproduce import TUCKER_GRID
+    default_grid = [dict(p) for p in TUCKER_GRID]
     rows, grid_rows, notes = [], [], []
     for ds in sorted(by_ds):
         runs = by_ds[ds]
@@ -181,11 +194,19 @@ def section_table1(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> L
             for r in sorted(grid, key=lambda r: json.dumps(r["meta"]["grid"], sort_keys=True)):
                 grid_rows.append([ds, ", ".join(f"{k}={v}" for k, v in sorted(
                     r["meta"]["grid"].items())), _pct(_sel(r)), _pct(r["test"]["mrr"]),
-                    _epochs(r), "**selected**" if r is best else ""])
+                    _epochs(r), _device(r), "**selected**" if r is best else ""])
+            finished = [r["meta"]["grid"] for r in grid]
+            # the default grid with points still running (a custom --grid is not known here)
+            missing = ([p for p in default_grid if p not in finished]
+                       if all(p in default_grid for p in finished) else [])
+            for p in missing:
+                grid_rows.append([ds, ", ".join(f"{k}={v}" for k, v in sorted(p.items())),
+                                  "—", "—", "not finished", "—",
+                                  "the selection above is among the finished points only"])
         for r in probes:
             grid_rows.append([ds, ", ".join(f"{k}={v}" for k, v in sorted(
                 r["meta"]["grid"].items())), _pct(_sel(r)), _pct(r["test"]["mrr"]), _epochs(r),
-                "fixed-budget probe, not selectable"])
+                _device(r), "fixed-budget probe, not selectable"])
         selected = [r for r in tucker if r["meta"].get("grid") == best_point]
         for label, group in (("TuckER (structure)", selected),
                              *[(f"MoMoK ({feats})", [r for r in runs if r["meta"].get("model")
@@ -204,7 +225,7 @@ def section_table1(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> L
                                                   for k in METRICS),
                          "—" if paper is None else f"{paper:.2f}", diff,
                          _mean_std(up), _mean_std([a for a in alt if a is not None]),
-                         "; ".join(_epochs(r) for r in group)])
+                         "; ".join(_epochs(r) for r in group), _devices(group)])
         fig = plot_curves(sorted(runs, key=lambda r: r["name"]), fig_dir / f"table1-{ds}.png",
                           f"{ds}: valid / test MRR per epoch")
         notes.append(f"![{ds} curves]({rel / fig.name})")
@@ -217,17 +238,17 @@ def section_table1(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> L
             "of 9,904 valid triples are in train), read from the same run's test curve.", ""]
     out += _table(["dataset", "model", "n", "MRR", "Hits@1", "Hits@3", "Hits@10", "paper MRR",
                    "Δ MRR", "upstream-style MRR", "sel. not-in-train MRR",
-                   "epochs (per seed)"], rows)
+                   "epochs (per seed)", "device"], rows)
     if grid_rows:
         out += ["", "TuckER grid at the first seed (selection on valid MRR):", ""]
-        out += _table(["dataset", "grid point", "valid MRR", "test MRR", "epochs", ""],
-                      grid_rows)
+        out += _table(["dataset", "grid point", "valid MRR", "test MRR", "epochs", "device",
+                       ""], grid_rows)
     out += [""] + notes + [""] + _provenance(results)
     return out
 
 
 def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> List[str]:
-    out = ["## Table 2 / 8: ablations", ""]
+    out = ["### Table 2 / 8: ablations", ""]
     full = next((r for r in results if r["meta"].get("row") == "full"), None)
     rows = []
     for r in sorted(results, key=lambda r: (r["meta"].get("row") != "full", r["name"])):
@@ -247,7 +268,7 @@ def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -
 
 
 def section_robustness(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> List[str]:
-    out = ["## Fig. 3: robustness", ""]
+    out = ["### Fig. 3: robustness", ""]
     clean = {r["meta"]["model"]: r for r in results if r["meta"].get("transform") is None}
     transforms = sorted({r["meta"]["transform"] for r in results if r["meta"].get("transform")})
     plt = _plt()
@@ -285,7 +306,7 @@ def section_robustness(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) 
 
 
 def section_gates(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> List[str]:
-    out = ["## Fig. 5 / Table 4: modality and expert weights per relation", ""]
+    out = ["### Fig. 5 / Table 4: modality and expert weights per relation", ""]
     plt = _plt()
     for r in results:
         if r.get("kind") != "gates":
@@ -325,22 +346,26 @@ def section_gates(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> Li
 
 
 def section_cost(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> List[str]:
-    out = ["## Table 3: cost per epoch", ""]
+    out = ["### Table 3: cost per epoch", ""]
     rows = []
-    for r in sorted(results, key=lambda r: (r["meta"]["dataset"], r["meta"]["model"])):
+    for r in sorted(results, key=lambda r: (_device(r), r["meta"]["dataset"],
+                                            r["meta"]["model"])):
+        gpu = r.get("peak_gpu_memory_mb")
         rows.append([r["meta"]["dataset"], r["meta"]["model"], r["meta"].get("features") or "—",
+                     _device(r),
                      f"{r['epoch_seconds_median']:.1f}" if r.get("epoch_seconds_median")
                      else "—", f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "—",
-                     r.get("num_parameters")])
+                     f"{gpu:.0f}" if gpu else "—", r.get("num_parameters")])
     out += ["Seconds per training epoch (median of the epochs after the first, which "
-            "includes compilation) and peak RSS of the training process.", ""]
-    out += _table(["dataset", "model", "features", "s / epoch", "peak RSS (MB)", "parameters"],
-                  rows)
+            "includes compilation), peak RSS of the training process and, on a GPU, the peak "
+            "memory torch's allocator handed out. One run at a time on the machine.", ""]
+    out += _table(["dataset", "model", "features", "device", "s / epoch", "peak RSS (MB)",
+                   "peak GPU memory (MB)", "parameters"], rows)
     return out + [""] + _provenance(results)
 
 
 def section_unseen(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> List[str]:
-    out = ["## Beyond the paper: entities unseen in training", ""]
+    out = ["### Beyond the paper: entities unseen in training", ""]
     rows = []
     for r in sorted(results, key=lambda r: r["name"]):
         u = r["test"].get("unseen_entity") or {}
@@ -365,7 +390,7 @@ def render(results_dir, figures_dir=None, link_base: Optional[Path] = None) -> s
     fig_dir = Path(figures_dir) if figures_dir is not None else results_dir / "figures"
     all_results = load_all(results_dir)
     rel = fig_dir if link_base is None else Path(_relpath(fig_dir, link_base))
-    lines = [BEGIN, "", "# Reproduction of the paper's experiments", "",
+    lines = [BEGIN, "", "## Reproduction of the paper's experiments", "",
              "Generated by `momok-pyg report` from the JSON files that `momok-pyg reproduce` "
              "wrote under `" + str(results_dir) + "/`; nothing here is typed by hand. Missing "
              "sections have no finished run yet.", ""]

@@ -144,3 +144,20 @@ def test_a_broken_file_is_named(results, tmp_path):
     (results / "table1" / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
         report.render(results, tmp_path / "fig")
+
+
+def test_unfinished_default_grid_points_and_devices_are_shown(tmp_path):
+    root = tmp_path / "results"
+    gpu_env = {"cpu_model": "Xeon", "cpu_count": 16, "threads": 1, "torch": "y",
+               "device": "cuda:0", "gpu_name": "NVIDIA H200"}
+    _write(root, _result("table1", "w1", dict(dataset="MKG-W", model="tucker", stage="grid",
+                                              grid={"loss": "ce", "lr": 0.001}), 0.33,
+                         env=gpu_env))
+    _write(root, _result("cost", "momok-MKG-W", dict(dataset="MKG-W", model="momok"), 0.1,
+                         env=gpu_env, peak_gpu_memory_mb=943.9))
+    text = report.render(root, tmp_path / "fig")
+    missing = _row(text, "MKG-W", "loss=ce, lr=0.003")
+    assert "not finished" in missing and "among the finished points only" in missing
+    assert "cuda NVIDIA H200" in _row(text, "MKG-W", "TuckER (structure)")
+    cost = _row(text, "MKG-W", "momok")
+    assert "| cuda NVIDIA H200 |" in cost and "| 944 |" in cost and "| 12.5 |" in cost
