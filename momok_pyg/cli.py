@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from momok_pyg.training.config import PRESETS, TrainConfig
+from momok_pyg.training.config import MODELS, PRESETS, TrainConfig
 
 
 def _bool_flag(parser: argparse.ArgumentParser, name: str, help: str) -> None:
@@ -46,8 +46,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--synthetic", nargs="+", default=None, metavar="KEY=VALUE",
                    help="arguments of make_synthetic_mmkg, e.g. seed=1 num_entities=600")
     m = p.add_argument_group("model")
-    m.add_argument("--model", choices=("momok", "tucker"), default=None,
-                   help="MoMoK (default) or the structure-only TuckER baseline")
+    m.add_argument("--model", choices=MODELS, default=None,
+                   help="MoMoK (default), the structure-only TuckER baseline, or one of PyG's "
+                        "KGE models (transe, distmult, complex, rotate) trained 1-N")
     m.add_argument("--protocol", choices=("paper", "official"), default=None,
                    help="paper (default): the method as the paper writes it; official: the "
                         "official code's loss, inference, gate input, ExID pairs and relation "

@@ -13,6 +13,8 @@ from momok_pyg.training import TrainConfig, train
 from momok_pyg.training.device import check_device_spec, resolve_device
 
 TINY = dict(num_entities=400, num_triples=5000, num_groups=8, num_attributes=4)
+#: expected MRR of a uniformly random ranking of N candidates: H_N / N
+RANDOM_MRR = sum(1.0 / k for k in range(1, TINY["num_entities"] + 1)) / TINY["num_entities"]
 
 
 def _config(**kw):
@@ -73,8 +75,8 @@ def test_device_is_recorded_and_a_checkpoint_resumes_under_another_setting(tmp_p
     assert full["env"]["device"] == "cpu" and full["peak_gpu_memory_mb"] is None
     start = json.loads((tmp_path / "full" / "env_start.json").read_text())
     assert start["env"]["device"] == "cpu"
-    # a random model ranks the true answer near N/2; three epochs must do far better
-    assert full["test"]["mrr"] > 5 * (2.0 / TINY["num_entities"])
+    # three epochs of MoMoK reach ~14x the MRR of a random ranking here
+    assert full["test"]["mrr"] > 5 * RANDOM_MRR
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -86,7 +88,7 @@ def test_cuda_run_learns_what_the_cpu_run_learns(tmp_path):
     # different kernels and random streams: the same learning, not the same bits
     assert abs(gpu["test"]["mrr"] - cpu["test"]["mrr"]) < 0.05, (gpu["test"], cpu["test"])
     tucker = train(_config(model="tucker", device="cuda", epochs=4), tmp_path / "tucker")
-    assert tucker["test"]["mrr"] > 5 * (2.0 / TINY["num_entities"])
+    assert tucker["test"]["mrr"] > 1.5 * RANDOM_MRR  # TuckER learns slowly at this lr
 
 
 def test_commit_of_a_tree_copy_without_git(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ r"""MoMoK model components (paper Section 4).
 * :func:`one_to_n_loss` — MuJoD's 1-N losses on sparse multi-hot targets (Eq. 5)
 * :class:`CLUB`, :class:`ExID` — expert information disentanglement (Eq. 7-9)
 * :class:`MoMoK` — the assembled model; :class:`TuckER` — the structure-only baseline
+* :class:`KGEScorer` — PyG's TransE / DistMult / ComplEx / RotatE as 1-N uni-modal baselines
 """
 from .tucker_dropout import (draw_keep_masks, gradient_noise_matmul, keep_masks,
                              keep_probability, keep_threshold,
@@ -19,6 +20,7 @@ from .mujod import JOINT, ModalityFusion, MuJoD
 from .exid import CLUB, ExID
 from .momok import MoMoK, MoMoKLoss, MoMoKOutput, ModalityTable, StructureTable, preprocess_features
 from .baselines import TuckER
+from .kge import KGE_MODELS, KGEScorer
 
 __all__ = [
     "MoMoK", "MoMoKOutput", "ReMoKE", "ReMoKEOutput", "RelationTemperature", "MuJoD",
@@ -26,5 +28,5 @@ __all__ = [
     "StructureTable", "preprocess_features", "group_by_relation", "relation_grouped_matmul",
     "gate_entropy", "JOINT", "one_to_n_loss", "linear_one_to_n_loss", "MoMoKLoss",
     "per_sample_dropout_matmul", "keep_masks", "draw_keep_masks", "keep_probability",
-    "keep_threshold", "gradient_noise_matmul",
+    "keep_threshold", "gradient_noise_matmul", "KGEScorer", "KGE_MODELS",
 ]

@@ -27,6 +27,10 @@ from .memory import MAX_MMAP_THRESHOLD
 
 SYNTHETIC = "synthetic"
 SELECT_ON = ("valid", "valid_not_in_train")
+#: ``model`` choices: MoMoK, the structure-only TuckER, and PyG's KGE models
+#: (:mod:`momok_pyg.nn.kge`, trained 1-N in both directions; ``model_kwargs`` go to their
+#: constructors, e.g. ``{"p_norm": 2.0}`` for TransE)
+MODELS = ("momok", "tucker", "transe", "distmult", "complex", "rotate")
 TRANSFORMS = ("LinkSparsify", "ModalityNoise", "ModalityMissing")
 
 #: Paper / upstream hyper-parameters (K = 3 experts, lambda = 1e-4, batch 1024, Adam). The
@@ -150,8 +154,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.dataset = canonical_dataset(self.dataset)
-        if self.model not in ("momok", "tucker"):
-            raise ValueError(f"model must be 'momok' or 'tucker', got {self.model!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got "
                              f"{self.protocol!r}")

@@ -105,7 +105,12 @@ def build_model(config: TrainConfig, data) -> torch.nn.Module:
     """
     member = config.member
     from momok_pyg.nn import MoMoK, TuckER
+    from momok_pyg.nn.kge import KGE_MODELS, KGEScorer
     torch.manual_seed(config.seed)
+    if config.model in KGE_MODELS:
+        return KGEScorer.from_data(data, model=config.model, dim=config.dim, loss=config.loss,
+                                   label_smoothing=config.label_smoothing,
+                                   **config.model_kwargs)
     if config.model == "tucker":
         kw = dict(dim=config.dim, rel_dim=config.rel_dim, loss=config.loss,
                   label_smoothing=config.label_smoothing)

@@ -53,7 +53,7 @@ def train(config: TrainConfig, out_dir: PathLike, data=None, resume: bool = True
 
 def _single(config: TrainConfig) -> bool:
     r"""Whether :obj:`config` trains one model (not the "w/o joint training" ensemble)."""
-    return config.joint or config.model == "tucker" or config.member is not None
+    return config.joint or config.model != "momok" or config.member is not None
 
 
 def _train_ensemble(config: TrainConfig, out: Path, data, resume: bool, overwrite: bool,
