@@ -288,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directories (checkpoints; not committed)")
     r.add_argument("--results-dir", default="results", help="result JSON files")
     r.add_argument("--datasets", nargs="+", default=None)
-    r.add_argument("--models", nargs="+", choices=("tucker", "momok"), default=None)
+    r.add_argument("--models", nargs="+", choices=MODELS, default=None,
+                   help="models of table1 / robustness / cost (tucker, momok) or of "
+                        "baselines (transe, distmult, complex, rotate)")
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     r.add_argument("--grid", nargs="+", default=None, metavar="KEY=V1,V2",
                    help="TuckER grid at the first seed, e.g. loss=ce lr=0.001,0.003 (default: ce at 1e-3 and 3e-3, bce at 3e-3)")

@@ -161,3 +161,15 @@ def test_unfinished_default_grid_points_and_devices_are_shown(tmp_path):
     assert "cuda NVIDIA H200" in _row(text, "MKG-W", "TuckER (structure)")
     cost = _row(text, "MKG-W", "momok")
     assert "| cuda NVIDIA H200 |" in cost and "| 944 |" in cost and "| 12.5 |" in cost
+
+
+def test_baselines_section_selects_on_valid(tmp_path):
+    root = tmp_path / "results"
+    meta = dict(dataset="MKG-Y", model="distmult", stage="grid")
+    _write(root, _result("baselines", "d1", {**meta, "grid": {"lr": 0.001}}, 0.25,
+                         valid_mrr=0.20))
+    _write(root, _result("baselines", "d2", {**meta, "grid": {"lr": 0.01}}, 0.22,
+                         valid_mrr=0.24))  # worse test, better valid: selected
+    row = _row(report.render(root, tmp_path / "fig"), "MKG-Y", "distmult")
+    assert "| lr=0.01 |" in row and "| 22.00 |" in row
+    assert "lr=0.001: 20.00; lr=0.01: 24.00" in row

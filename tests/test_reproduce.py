@@ -240,3 +240,13 @@ def test_only_patterns_and_device_reach_the_plan(tmp_path):
     assert R.plan("table1", _opts(tmp_path, only=["nothing-*"])) == []
     with pytest.raises(ValueError, match="device must be"):
         R.plan("table1", _opts(tmp_path, device="gpu"))
+
+
+def test_baselines_plan_is_a_learning_rate_grid_per_kge_model(tmp_path):
+    opts = _opts(tmp_path, models=["distmult", "tucker"])
+    specs = R.plan("baselines", opts)
+    assert [s.name for s in specs] == [f"distmult-synthetic-lr{lr}-seed0"
+                                       for lr in R.BASELINE_LRS]
+    assert all(s.config.model == "distmult" and s.config.dim == 16 for s in specs)  # extra
+    everyone = R.plan("baselines", _opts(tmp_path, models=["tucker", "momok"]))
+    assert sorted({s.config.model for s in everyone}) == sorted(R.BASELINE_MODELS)
