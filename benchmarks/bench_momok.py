@@ -45,13 +45,21 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from bench_common import (BATCH_SIZE, DEFAULT_RAW, FEATURE_DIMS, MATMUL_SHAPE,  # noqa: E402
-                          SQUARE_SHAPE,
-                          NUM_EXPERTS, REPO, environment, load_mkgy, matmul_gflops)
+from bench_common import (  # noqa: E402
+    BATCH_SIZE,
+    DEFAULT_RAW,
+    FEATURE_DIMS,
+    MATMUL_SHAPE,
+    NUM_EXPERTS,
+    REPO,
+    SQUARE_SHAPE,
+    environment,
+    load_mkgy,
+    matmul_gflops,
+)
 from bench_workers import WORKERS  # noqa: E402
+
 from momok_pyg.nn.tucker import HIDDEN_DROPOUT_MODES  # noqa: E402
-
-
 
 #: what the ``--malloc-variant`` run changes: ``TrainConfig.malloc_mmap_threshold=None``,
 #: glibc's default allocator (its mmap threshold adapts upwards to 32 MiB, after which freed
@@ -112,7 +120,7 @@ def _fmt(x: Optional[float], unit: str = "", digits: int = 2) -> str:
 def verdicts(res: Dict[str, Any], quick: bool) -> List[Dict[str, Any]]:
     out = []
     rate = res["matmul_gflops"]["fp32"]
-    for key, cfg in res["configs"].items():
+    for cfg in res["configs"].values():
         m = cfg.get("momok")
         if m is None:
             continue

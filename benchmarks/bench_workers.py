@@ -11,10 +11,21 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import torch
+from bench_common import (
+    BATCH_SIZE,
+    FEATURE_DIMS,
+    NUM_EXPERTS,
+    DeviceQueries,
+    _sync,
+    cpu_seconds,
+    epoch_batches,
+    epoch_flops,
+    eval_flops,
+    load_mkgy,
+    matmul_gflops,
+    peak_rss_mb,
+)
 
-from bench_common import (BATCH_SIZE, FEATURE_DIMS, NUM_EXPERTS, DeviceQueries, _sync,
-                          cpu_seconds, epoch_batches, epoch_flops, eval_flops, load_mkgy,
-                          matmul_gflops, peak_rss_mb)
 
 # ------------------------------------------------------------------------------------------
 # workers (each runs in its own subprocess)
@@ -67,8 +78,8 @@ def _eval_batches(data, batch_size: int, distinct: bool) -> Tuple[int, List[int]
     r"""``(scored queries, distinct relations per batch)`` of MKG-Y test, both directions:
     the distinct queries in the order :func:`evaluate_link_prediction` scores them
     (:obj:`distinct`), or every query in the order of ``query_tensors`` (the naive ranking)."""
-    from momok_pyg.evaluate import distinct_queries, query_tensors
     from momok_pyg.datasets import get_triples
+    from momok_pyg.evaluate import distinct_queries, query_tensors
     head, rel, _, _ = query_tensors(get_triples(data, "test"), int(data.num_relations))
     if distinct:
         _, rel, _ = distinct_queries(head, rel, int(data["entity"].num_nodes))
@@ -91,6 +102,7 @@ def profile_steps(model, queries, optimizer, q_optimizer, config, device: torch.
     r""":mod:`torch.profiler` over :obj:`steps` training steps: the :obj:`top` operators by
     self time (per step), grouped by input shapes."""
     from torch.profiler import ProfilerActivity, profile
+
     from momok_pyg.training import train_epoch
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts, record_shapes=True) as prof:
@@ -206,9 +218,10 @@ def worker_naive(spec: Dict[str, Any]) -> Dict[str, Any]:
     r"""The naive reference on the same parameters: equality with momok_pyg on real queries,
     ``steps`` training steps (after one warm-up step) extrapolated to an epoch, the
     per-query evaluation of ``eval_queries`` queries extrapolated to the test split."""
+    from naive_reference import NaiveMoMoK, known_answers, naive_rank
+
     from momok_pyg.evaluate import FilterIndex, evaluate_link_prediction
     from momok_pyg.training import build_model, train_epoch
-    from naive_reference import NaiveMoMoK, known_answers, naive_rank
     t_start = time.perf_counter()
     device, data, queries = _setup(spec)
     config = _config(spec)
@@ -227,8 +240,8 @@ def worker_naive(spec: Dict[str, Any]) -> Dict[str, Any]:
     ref = evaluate_link_prediction(model.predict, data, "test", batch_size=BATCH_SIZE,
                                    filter_index=fi, breakdowns=False, device=device,
                                    return_ranks=True)
-    from momok_pyg.evaluate import query_tensors
     from momok_pyg.datasets import get_triples
+    from momok_pyg.evaluate import query_tensors
     head, rel, _, _ = query_tensors(get_triples(data, "test"), int(data.num_relations))
     k = min(256, head.numel())
     model.eval()
@@ -299,9 +312,10 @@ def worker_equal(spec: Dict[str, Any]) -> Dict[str, Any]:
     r"""Equal learning: for each seed, momok_pyg and the naive reference start from the
     same parameters, see the same batches (``train_epoch``) for ``epochs`` epochs, and are
     ranked on test by the same evaluator. Different seeds give the noise level."""
+    from naive_reference import NaiveMoMoK
+
     from momok_pyg.evaluate import FilterIndex, evaluate_link_prediction
     from momok_pyg.training import build_model, train_epoch
-    from naive_reference import NaiveMoMoK
     t_start = time.perf_counter()
     device, data, queries = _setup(spec)
     fi = FilterIndex.from_data(data)

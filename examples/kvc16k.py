@@ -1,6 +1,7 @@
 """Train MoMoK on KVC16K with the paper's hyper-parameters, select on valid, report test.
 
-Preset (``momok_pyg.training.PRESETS["KVC16K"]``): dim 256, lr 5e-4, 2000 epochs (upstream train.py defaults).
+Preset (``momok_pyg.training.PRESETS["KVC16K"]``): dim 256, lr 5e-4, 2000 epochs (upstream
+train.py defaults).
 K = 3 experts per modality, lambda = 1e-4 (ExID), batch 1024, Adam, 1-N training with
 reciprocal relations; valid every 10 epochs, early stop after 10 evaluations without a
 better valid MRR; test metrics of the best-valid checkpoint.

@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "baselines (transe, distmult, complex, rotate)")
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     r.add_argument("--grid", nargs="+", default=None, metavar="KEY=V1,V2",
-                   help="TuckER grid at the first seed, e.g. loss=ce lr=0.001,0.003 (default: ce at 1e-3 and 3e-3, bce at 3e-3)")
+                   help="TuckER grid at the first seed, e.g. loss=ce lr=0.001,0.003 "
+                        "(default: softmax CE at 1e-3 and 3e-3)")
     r.add_argument("--max-epochs", type=int, default=300)
     r.add_argument("--eval-every", type=int, default=5)
     r.add_argument("--patience", type=int, default=6,

@@ -131,7 +131,8 @@ class Predictor:
         known = self._known.known_mask(head, rel_t)[0]
         ranked = total.masked_fill(known, float("-inf")) if filtered else total
         k = min(k, int((~known).sum()) if filtered else total.numel())
-        top = torch.topk(ranked, k, sorted=True).indices if k > 0 else torch.empty(0, dtype=torch.long)
+        top = (torch.topk(ranked, k, sorted=True).indices if k > 0
+               else torch.empty(0, dtype=torch.long))
         per_mod = {m: s[0].float() for m, s in out.scores.items()}
         candidates = [
             Candidate(rank=i + 1, entity_id=int(e), entity=self.entity_names[int(e)],

@@ -398,7 +398,8 @@ def section_baselines(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -
     return out + [""] + _provenance(results)
 
 
-SECTIONS = (("table1", section_table1), ("baselines", section_baselines), ("ablations", section_ablations),
+SECTIONS = (("table1", section_table1), ("baselines", section_baselines),
+            ("ablations", section_ablations),
             ("robustness", section_robustness), ("gates", section_gates),
             ("cost", section_cost), ("unseen", section_unseen))
 

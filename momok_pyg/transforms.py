@@ -37,7 +37,8 @@ def _check_ratio(ratio: float, who: str) -> float:
     try:
         ratio = float(ratio)
     except (TypeError, ValueError):
-        raise ValueError(f"{who}: expected 'ratio' to be a number in [0, 1], got {ratio!r}")
+        raise ValueError(f"{who}: expected 'ratio' to be a number in [0, 1], got "
+                         f"{ratio!r}") from None
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"{who}: expected 'ratio' in [0, 1], got {ratio!r}")
     return ratio
@@ -122,7 +123,8 @@ class ModalityNoise(BaseTransform):
         try:
             std = float(std)
         except (TypeError, ValueError):
-            raise ValueError(f"ModalityNoise: expected 'std' to be a number >= 0, got {std!r}")
+            raise ValueError(f"ModalityNoise: expected 'std' to be a number >= 0, got "
+                             f"{std!r}") from None
         if not (std >= 0 and math.isfinite(std)):
             raise ValueError(f"ModalityNoise: expected 'std' >= 0, got {std!r}")
         self.std = std

@@ -16,8 +16,8 @@ from momok_pyg.evaluate import evaluate_link_prediction
 from momok_pyg.nn import MoMoK
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from naive_reference import NaiveMoMoK, naive_rank  # noqa: E402
 import bench_common  # noqa: E402
+from naive_reference import NaiveMoMoK, naive_rank  # noqa: E402
 
 N, R = 60, 4
 
@@ -45,7 +45,7 @@ def model_pair(small_mmkg):
     # Move every parameter and buffer away from its (often symmetric) initial value so that
     # gates, biases, temperatures and BatchNorm statistics all matter.
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
         for name, b in model.named_buffers():
             if name.endswith("running_mean"):
@@ -169,6 +169,7 @@ def test_hidden_dropout_micro_benchmark_writes_every_variant(tmp_path):
 
 def test_malloc_variant_option_parses_default_bytes_and_rejects_the_rest():
     import argparse
+
     import bench_momok
     assert bench_momok.malloc_variant("default") is None
     assert bench_momok.malloc_variant("8388608") == 8 << 20
@@ -187,8 +188,9 @@ def test_counted_flops_match_torch_flop_counter():
     and mixture run as fused kernels (ReMoKE.candidates), which the counter does not see:
     their multiply-adds (gate scorers U_m, U'_m in training, and the mixture; backward twice
     the forward) are added to its count."""
-    from torch.utils.flop_counter import FlopCounterMode
     from bench_common import step_flops
+    from torch.utils.flop_counter import FlopCounterMode
+
     from momok_pyg.nn import fused
     # Under the counting mode the fused kernels run op by op (nn.fused.run_compiled): a
     # kernel compiled under it and kept would make later in-process runs differ bitwise from

@@ -55,6 +55,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
 
 def test_every_optimisation_switch_reaches_the_config():
     import argparse
+
     from momok_pyg.cli import add_train_arguments, config_from_args
     p = argparse.ArgumentParser()
     add_train_arguments(p)

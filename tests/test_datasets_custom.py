@@ -6,9 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from momok_pyg.datasets import (CustomMMKG, DataLeakWarning, MMKGFormatError, MKGY,
-                                get_triples, list_datasets, load_dataset, load_feature_file,
-                                read_mmkg, register_dataset, summary, unregister_dataset)
+from momok_pyg.datasets import (
+    MKGY,
+    CustomMMKG,
+    DataLeakWarning,
+    MMKGFormatError,
+    get_triples,
+    list_datasets,
+    load_dataset,
+    load_feature_file,
+    read_mmkg,
+    register_dataset,
+    summary,
+    unregister_dataset,
+)
 from momok_pyg.datasets.download import RAW_ENV, URL_ENV
 from momok_pyg.datasets.registry import DATASETS
 

@@ -11,8 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from momok_pyg.datasets import (DB15K, KVC16K, MKGW, MKGY, ChecksumError, DataLeakWarning,
-                                get_triples, load_dataset, name_to_text, summary)
+from momok_pyg.datasets import (
+    DB15K,
+    KVC16K,
+    MKGW,
+    MKGY,
+    ChecksumError,
+    DataLeakWarning,
+    get_triples,
+    load_dataset,
+    name_to_text,
+    summary,
+)
 from momok_pyg.datasets.download import RAW_ENV, URL_ENV
 from momok_pyg.datasets.raw import read_id_file
 

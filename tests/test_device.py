@@ -2,9 +2,9 @@
 checkpoint that resumes under another device setting, and -- where torch sees a GPU -- a
 CUDA run that learns what the CPU run learns."""
 import json
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch

@@ -6,10 +6,13 @@ import pytest
 import torch
 
 from momok_pyg.datasets.schema import build_mmkg, get_triples
-from momok_pyg.evaluate import (distinct_queries, evaluate_link_prediction, query_tensors,
-                                unseen_entity_mask)
-from momok_pyg.metrics import (FilteredRankMetric, FilterIndex, filtered_ranks,
-                               masked_filtered_ranks)
+from momok_pyg.evaluate import (
+    distinct_queries,
+    evaluate_link_prediction,
+    query_tensors,
+    unseen_entity_mask,
+)
+from momok_pyg.metrics import FilteredRankMetric, FilterIndex, filtered_ranks, masked_filtered_ranks
 
 MMKG = Path(__file__).resolve().parents[1].parent / "shared" / "mmkg"
 N, R = 40, 3

@@ -32,10 +32,12 @@ def test_gate_statistics_are_per_relation_means_of_the_forward_outputs(single_th
             assert all(math.isnan(x) for x in stats["fusion"][rel])
             continue
         fusion = torch.stack([f for _, f in sums[rel]]).double().mean(0)
-        assert torch.allclose(torch.tensor(stats["fusion"][rel], dtype=torch.float64), fusion, atol=1e-6)
+        assert torch.allclose(torch.tensor(stats["fusion"][rel], dtype=torch.float64), fusion,
+                              atol=1e-6)
         for m in model.expert_modalities:
             g = torch.cat([gates[m] for gates, _ in sums[rel]]).double().mean(0)
-            assert torch.allclose(torch.tensor(stats["gates"][m][rel], dtype=torch.float64), g, atol=1e-6)
+            assert torch.allclose(torch.tensor(stats["gates"][m][rel], dtype=torch.float64), g,
+                                  atol=1e-6)
             assert abs(sum(stats["gates"][m][rel]) - 1.0) < 1e-6
     beta = relation_fusion_weights(model)
     assert len(beta) == 2 * R and len(beta[0]) == len(stats["fusion_modalities"])

@@ -3,10 +3,20 @@ fusion (Eq. 3); ExID / CLUB (Eq. 7-9) in test_nn_exid.py."""
 import pytest
 import torch
 
-from momok_pyg.nn import (ModalityFusion, ReMoKE, TuckerScorer, draw_keep_masks,
-                          keep_masks, keep_probability,
-                          gate_entropy, gradient_noise_matmul, group_by_relation,
-                          keep_threshold, per_sample_dropout_matmul, relation_grouped_matmul)
+from momok_pyg.nn import (
+    ModalityFusion,
+    ReMoKE,
+    TuckerScorer,
+    draw_keep_masks,
+    gate_entropy,
+    gradient_noise_matmul,
+    group_by_relation,
+    keep_masks,
+    keep_probability,
+    keep_threshold,
+    per_sample_dropout_matmul,
+    relation_grouped_matmul,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -147,7 +157,7 @@ def test_fused_per_sample_dropout_stores_no_mask_and_matches_eager():
     for fused in (True, False):
         saved = []
 
-        def pack(t):
+        def pack(t, saved=saved):
             saved.append(t.numel())
             return t
 
@@ -449,8 +459,8 @@ def test_fusion_training_values_and_gradients_match_plain_autograd():
     fused, _ = fu(xs)
     torch.manual_seed(7)  # the same masks, drawn in the same order
     masks = {m: head_dropout_masks(2, xs[m], 0.3, True) for m in "abc"}
-    ps = [torch.relu(torch.baddbmm(fu.bias[m], xs[m] * masks[m] / keep_probability(0.3), fu.weight[m]))
-          for m in "abc"]
+    ps = [torch.relu(torch.baddbmm(fu.bias[m], xs[m] * masks[m] / keep_probability(0.3),
+                                   fu.weight[m])) for m in "abc"]
     p = torch.stack(ps, 2)  # [H, n, M, out]
     ref = (torch.softmax(p @ fu.attn, -1).unsqueeze(-1) * p).sum(2).sum(0)
     torch.testing.assert_close(fused, ref)
@@ -541,6 +551,7 @@ def test_fused_kernels_take_parameters_of_any_size_without_recompiling():
     # compiled (without that it recompiles per size and, past dynamo's limit of 8, runs
     # op by op from then on)
     from torch._dynamo.utils import counters
+
     from momok_pyg.nn import fused
 
     def scaled_sum(x, w):

@@ -25,7 +25,7 @@ def test_backward_adam_matches_adam_and_frees_gradients():
     ref = torch.optim.Adam(a.parameters(), lr=1e-2, weight_decay=1e-3)
     opt = BackwardAdam(b.parameters(), lr=1e-2, weight_decay=1e-3)
     gen = torch.Generator().manual_seed(1)
-    for step in range(5):
+    for _ in range(5):
         x = torch.randn(16, 6, generator=gen)
         ref.zero_grad()
         _loss(a, x).backward()
@@ -182,5 +182,6 @@ def test_tucker_cores_share_one_reused_gradient_buffer_and_train_like_adam():
         loss(backward, step).backward()
         for a, b in zip(expected[step], backward.parameters()):
             torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    opt.remove_hooks()
     assert len(storages) == 8 and len(set(storages)) == 1
     grad_buffers.release()

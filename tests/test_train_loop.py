@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from momok_pyg.datasets.synthetic import make_synthetic_mmkg
-from momok_pyg.training import (EnsembleScorer, TrainConfig, evaluate_run, load_checkpoint,
-                                load_model, train)
+from momok_pyg.training import (
+    EnsembleScorer,
+    TrainConfig,
+    evaluate_run,
+    load_checkpoint,
+    load_model,
+    train,
+)
 from momok_pyg.training import loop as loop_mod
 
 TINY = dict(num_entities=600, num_triples=8000, num_groups=10, num_attributes=5)
@@ -139,8 +145,8 @@ def test_ablation_switches_reach_the_model(tmp_path, data):
 def test_adam_in_backward_trains_exactly_like_plain_adam(data):
     # BackwardAdam steps every parameter inside backward and frees its gradient; the
     # parameters after two epochs must equal those of torch.optim.Adam stepped after backward
-    from momok_pyg.training import BackwardAdam, OneToNQueries, build_model, train_epoch
     from momok_pyg.datasets import get_triples
+    from momok_pyg.training import BackwardAdam, OneToNQueries, build_model, train_epoch
     torch.set_num_threads(1)
     queries = OneToNQueries(get_triples(data, "train"), data["entity"].num_nodes,
                             data.num_relations)

@@ -11,9 +11,17 @@ import pytest
 import torch
 
 from momok_pyg.cli import build_parser, config_from_args
-from momok_pyg.training import (PRESETS, OneToNQueries, TrainConfig, atomic_torch_save,
-                                epoch_generator, get_rng_state,
-                                load_checkpoint, remove_stale_tmp, set_rng_state)
+from momok_pyg.training import (
+    PRESETS,
+    OneToNQueries,
+    TrainConfig,
+    atomic_torch_save,
+    epoch_generator,
+    get_rng_state,
+    load_checkpoint,
+    remove_stale_tmp,
+    set_rng_state,
+)
 
 
 def _random_triples(seed=0, n=300, num_ent=40, num_rel=5):

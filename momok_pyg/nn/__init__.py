@@ -9,18 +9,23 @@ r"""MoMoK model components (paper Section 4).
 * :class:`MoMoK` — the assembled model; :class:`TuckER` — the structure-only baseline
 * :class:`KGEScorer` — PyG's TransE / DistMult / ComplEx / RotatE as 1-N uni-modal baselines
 """
-from .tucker_dropout import (draw_keep_masks, gradient_noise_matmul, keep_masks,
-                             keep_probability, keep_threshold,
-                             per_sample_dropout_matmul)
-from .grouped import group_by_relation, relation_grouped_matmul
-from .tucker import TuckerScorer
-from .remoke import ReMoKE, ReMoKEOutput, RelationTemperature, gate_entropy
-from .loss import linear_one_to_n_loss, one_to_n_loss
-from .mujod import JOINT, ModalityFusion, MuJoD
-from .exid import CLUB, ExID
-from .momok import MoMoK, MoMoKLoss, MoMoKOutput, ModalityTable, StructureTable, preprocess_features
 from .baselines import TuckER
+from .exid import CLUB, ExID
+from .grouped import group_by_relation, relation_grouped_matmul
 from .kge import KGE_MODELS, KGEScorer
+from .loss import linear_one_to_n_loss, one_to_n_loss
+from .momok import ModalityTable, MoMoK, MoMoKLoss, MoMoKOutput, StructureTable, preprocess_features
+from .mujod import JOINT, ModalityFusion, MuJoD
+from .remoke import RelationTemperature, ReMoKE, ReMoKEOutput, gate_entropy
+from .tucker import TuckerScorer
+from .tucker_dropout import (
+                             draw_keep_masks,
+                             gradient_noise_matmul,
+                             keep_masks,
+                             keep_probability,
+                             keep_threshold,
+                             per_sample_dropout_matmul,
+)
 
 __all__ = [
     "MoMoK", "MoMoKOutput", "ReMoKE", "ReMoKEOutput", "RelationTemperature", "MuJoD",

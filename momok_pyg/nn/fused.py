@@ -67,7 +67,7 @@ def run_compiled(fn: Callable, *args) -> Optional[Any]:
         _COMPILE_FAILED = True
         warnings.warn(f"torch.compile of momok_pyg's fused kernels failed ({err!r:.200}); "
                       "running them eagerly (slower). Set MOMOK_PYG_COMPILE=0 to skip the "
-                      "attempt.")
+                      "attempt.", stacklevel=2)
         return None
 
 

@@ -13,7 +13,7 @@ from torch.nn import Embedding, ModuleDict, Parameter
 from ..datasets.schema import STRUCTURE, modality_features, modality_masks
 from .exid import ExID
 from .mujod import JOINT, MuJoD
-from .remoke import ReMoKE, RelationTemperature
+from .remoke import RelationTemperature, ReMoKE
 
 FEATURE_NORMS = (None, "l2")
 
@@ -178,7 +178,8 @@ class MoMoK(torch.nn.Module):
     fixed. Fine-tuning lets the rows of entities that never occur in a training triple drift
     (they only receive the 1-N negatives' gradient), so with fixed tables MoMoK generalises
     far better to such entities (see the ``unseen_entity`` breakdown of the metrics), while
-    fine-tuning learns faster on well-connected ones. Missing entities use a learned placeholder per modality (:class:`ModalityTable`).
+    fine-tuning learns faster on well-connected ones. Missing entities use a learned
+    placeholder per modality (:class:`ModalityTable`).
 
     Args:
         num_entities (int): :math:`N`.

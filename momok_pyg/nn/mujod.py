@@ -8,13 +8,19 @@ import torch
 from torch import Tensor
 from torch.nn import ModuleDict, Parameter, ParameterDict
 
-from .loss import (LOSSES, check_out_buffer, linear_one_to_n_loss, one_to_n_loss,
-                   product_into)
+from .fused import compile_enabled, fused_or_eager, run_compiled
+from .loss import LOSSES, check_out_buffer, linear_one_to_n_loss, one_to_n_loss, product_into
 from .scratch import scratch
 from .tucker import TuckerScorer
-from .fused import compile_enabled, fused_or_eager, run_compiled
-from .tucker_dropout import (check_mask_entries, draw_seed, flat_keep_masks, keep_masks,
-                             keep_probability, keep_threshold, seed_key)
+from .tucker_dropout import (
+    check_mask_entries,
+    draw_seed,
+    flat_keep_masks,
+    keep_masks,
+    keep_probability,
+    keep_threshold,
+    seed_key,
+)
 
 JOINT = "joint"
 FUSIONS = ("attention", "mean")
@@ -119,7 +125,8 @@ def _projected(x: Tensor, w: Tensor, b: Tensor, seed: Optional[Tensor], threshol
     view of the ``[H, o, n]`` result: the product's long output dimension is then the
     entities' (``n``). On the 2-core AVX-512 benchmark machine MKL runs ``[15000, 300] @
     [300, 300]`` at ~110 GFLOP/s and its transpose at ~160 (sizes 256, 320 or 384: 175-185
-    either way); the backward pass works in the same layout. Without dropout every head sees the same ``x``, and one
+    either way); the backward pass works in the same layout. Without dropout every head sees
+    the same ``x``, and one
     ``[n, d] @ [d, H o]`` product (a strided ``[H, n, o]`` view of it) replaces the batched
     product over ``x`` expanded ``H`` times, which copies it and runs a slower kernel."""
     heads, out_dim = w.size(0), w.size(-1)

@@ -10,8 +10,7 @@ from torch.nn import BatchNorm1d, Embedding, Parameter
 
 from momok_pyg.nn.grad_buffers import gradient_buffer
 from momok_pyg.nn.grouped import group_by_relation, relation_grouped_matmul
-from momok_pyg.nn.tucker_dropout import (dropout, gradient_noise_matmul,
-                                         per_sample_dropout_matmul)
+from momok_pyg.nn.tucker_dropout import dropout, gradient_noise_matmul, per_sample_dropout_matmul
 
 __all__ = ["TuckerScorer", "HIDDEN_DROPOUT_MODES", "group_by_relation",
            "relation_grouped_matmul"]

@@ -9,13 +9,19 @@ r"""Training, model selection and checkpoint/resume for MoMoK and the TuckER bas
     metrics["test"]["mrr"]                     # test MRR of the best-valid checkpoint
 """
 from .batching import OneToNQueries, epoch_generator
-from .checkpoint import (atomic_torch_save, atomic_write_json, get_rng_state, load_checkpoint,
-                         remove_stale_tmp, seed_everything, set_rng_state)
+from .checkpoint import (
+                         atomic_torch_save,
+                         atomic_write_json,
+                         get_rng_state,
+                         load_checkpoint,
+                         remove_stale_tmp,
+                         seed_everything,
+                         set_rng_state,
+)
 from .config import PRESETS, SYNTHETIC, TrainConfig, canonical_dataset
 from .ensemble import EnsembleScorer
+from .loop import build_model, fit, load_data, member_names, scorer, train_epoch, usable_modalities
 from .optim import BackwardAdam
-from .loop import (build_model, fit, load_data, member_names, scorer, train_epoch,
-                   usable_modalities)
 from .runs import evaluate_run, load_model, train
 
 __all__ = [

@@ -44,8 +44,16 @@ from momok_pyg.datasets.schema import STRUCTURE, feature_modalities, get_triples
 from momok_pyg.nn import grad_buffers, scratch
 
 from .batching import OneToNQueries, epoch_generator
-from .checkpoint import (atomic_torch_save, atomic_write_json, get_rng_state, git_commit,
-                         load_checkpoint, remove_stale_tmp, seed_everything, set_rng_state)
+from .checkpoint import (
+    atomic_torch_save,
+    atomic_write_json,
+    get_rng_state,
+    git_commit,
+    load_checkpoint,
+    remove_stale_tmp,
+    seed_everything,
+    set_rng_state,
+)
 from .config import SYNTHETIC, TrainConfig
 from .device import device_info, peak_memory_mb, reset_peak_memory, resolve_device
 from .memory import mmap_threshold_while

@@ -15,9 +15,23 @@ from .checkpoint import atomic_write_json, load_checkpoint, remove_stale_tmp
 from .config import TrainConfig
 from .device import resolve_device
 from .ensemble import EnsembleScorer
-from .loop import (BEST, CONFIG, LAST, MEMBER_PREFIX, METRICS, PathLike, _check_modalities,
-                   _evaluate, _model_device, _scalars, build_model, environment, fit, load_data,
-                   member_names)
+from .loop import (
+    BEST,
+    CONFIG,
+    LAST,
+    MEMBER_PREFIX,
+    METRICS,
+    PathLike,
+    _check_modalities,
+    _evaluate,
+    _model_device,
+    _scalars,
+    build_model,
+    environment,
+    fit,
+    load_data,
+    member_names,
+)
 
 
 def train(config: TrainConfig, out_dir: PathLike, data=None, resume: bool = True,
