@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import environment  # noqa: E402
 
 from momok_pyg.nn import gradient_noise_matmul, per_sample_dropout_matmul  # noqa: E402
-from momok_pyg.nn.grouped import relation_grouped_matmul, sort_groups  # noqa: E402
+from momok_pyg.nn.kernels.grouped import relation_grouped_matmul, sort_groups  # noqa: E402
 
 
 def main() -> None:

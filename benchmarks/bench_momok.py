@@ -7,7 +7,7 @@ One run times, on the same data and configuration,
   :func:`momok_pyg.training.build_model`, trained by :func:`momok_pyg.training.train_epoch`
   on :class:`momok_pyg.training.OneToNQueries` 1-N batches, evaluated by
   :func:`momok_pyg.evaluate.evaluate_link_prediction`;
-* the **naive reference** (``benchmarks/naive_reference.py``): the paper's equations written
+* the **naive reference** (``momok_pyg/nn/reference.py``): the paper's equations written
   literally (per-sample Tucker core contraction, experts recomputed for every use, per-query
   sort-based ranking), sharing the very same parameters, trained by the same
   ``train_epoch``. Its epoch and its evaluation are too slow to run in full: a few steps /

@@ -218,9 +218,8 @@ def worker_naive(spec: Dict[str, Any]) -> Dict[str, Any]:
     r"""The naive reference on the same parameters: equality with momok_pyg on real queries,
     ``steps`` training steps (after one warm-up step) extrapolated to an epoch, the
     per-query evaluation of ``eval_queries`` queries extrapolated to the test split."""
-    from naive_reference import NaiveMoMoK, known_answers, naive_rank
-
     from momok_pyg.evaluate import FilterIndex, evaluate_link_prediction
+    from momok_pyg.nn.reference import NaiveMoMoK, known_answers, naive_rank
     from momok_pyg.training import build_model, train_epoch
     t_start = time.perf_counter()
     device, data, queries = _setup(spec)
@@ -230,7 +229,7 @@ def worker_naive(spec: Dict[str, Any]) -> Dict[str, Any]:
     rss_model = peak_rss_mb()
     rate32 = matmul_gflops(device)
     fkw = _flop_kw(data, spec["dim"], model)
-    out: Dict[str, Any] = {"what": "naive reference (benchmarks/naive_reference.py)",
+    out: Dict[str, Any] = {"what": "naive reference (momok_pyg/nn/reference.py)",
                            "dim": spec["dim"], "rss_after_model_mb": rss_model,
                            "matmul_gflops_fp32_worker": rate32}
 
@@ -312,9 +311,8 @@ def worker_equal(spec: Dict[str, Any]) -> Dict[str, Any]:
     r"""Equal learning: for each seed, momok_pyg and the naive reference start from the
     same parameters, see the same batches (``train_epoch``) for ``epochs`` epochs, and are
     ranked on test by the same evaluator. Different seeds give the noise level."""
-    from naive_reference import NaiveMoMoK
-
     from momok_pyg.evaluate import FilterIndex, evaluate_link_prediction
+    from momok_pyg.nn.reference import NaiveMoMoK
     from momok_pyg.training import build_model, train_epoch
     t_start = time.perf_counter()
     device, data, queries = _setup(spec)

@@ -1,6 +1,6 @@
 """The benchmark's naive reference computes the same model as momok_pyg.
 
-``benchmarks/naive_reference.py`` writes MoMoK's equations literally (per-sample Tucker core,
+``momok_pyg/nn/reference.py`` writes MoMoK's equations literally (per-sample Tucker core,
 experts recomputed for every use, per-query sort-based ranking). Built from a MoMoK instance
 it must give the same scores and the same filtered ranks in eval mode; otherwise the speed
 comparison of ``benchmarks/bench_momok.py`` would compare two different models.
@@ -17,7 +17,8 @@ from momok_pyg.nn import MoMoK
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_common  # noqa: E402
-from naive_reference import NaiveMoMoK, naive_rank  # noqa: E402
+
+from momok_pyg.nn.reference import NaiveMoMoK, naive_rank  # noqa: E402
 
 N, R = 60, 4
 
@@ -191,8 +192,8 @@ def test_counted_flops_match_torch_flop_counter():
     from bench_common import step_flops
     from torch.utils.flop_counter import FlopCounterMode
 
-    from momok_pyg.nn import fused
-    # Under the counting mode the fused kernels run op by op (nn.fused.run_compiled): a
+    from momok_pyg.nn.kernels import fused
+    # Under the counting mode the fused kernels run op by op (nn.kernels.fused.run_compiled): a
     # kernel compiled under it and kept would make later in-process runs differ bitwise from
     # subprocess runs that compiled their own (test_train_resume).
     compiled_before = dict(fused._COMPILED)

@@ -174,7 +174,7 @@ def test_fused_per_sample_dropout_stores_no_mask_and_matches_eager():
 
 
 def test_per_sample_dropout_falls_back_to_eager_when_compilation_fails(monkeypatch):
-    import momok_pyg.nn.fused as fused
+    import momok_pyg.nn.kernels.fused as fused
 
     def broken(fn, **kwargs):
         def run(*args):
@@ -230,7 +230,7 @@ def test_moments_mode_gradients_match_per_sample_masks_in_mean_and_variance():
 
 
 def test_keep_masks_rate_independence_and_validation():
-    import momok_pyg.nn.tucker_dropout as td
+    import momok_pyg.nn.kernels.tucker_dropout as td
     thr = keep_threshold(0.4)
     keep = keep_masks(torch.tensor(11), torch.tensor(0), 200, (100, 100), thr)
     assert keep.dtype == torch.bool and keep.shape == (200, 100, 100)
@@ -279,7 +279,7 @@ def test_keep_masks_rate_independence_and_validation():
 
 
 def test_dropout_is_inverted_dropout_with_its_keep_probability():
-    import momok_pyg.nn.tucker_dropout as td
+    import momok_pyg.nn.kernels.tucker_dropout as td
     x = torch.randn(400, 300, requires_grad=True)
     y = td.dropout(x, 0.3, True, torch.Generator().manual_seed(0))
     kept = y != 0
@@ -327,7 +327,7 @@ def test_remoke_experts_match_definition():
 def test_remoke_expert_dropout_masks_every_expert_input_independently():
     # training views with expert dropout == the definition on inputs masked by the
     # draw_keep_masks masks of the global generator, one [n, d_in] mask per expert
-    from momok_pyg.nn.tucker_dropout import keep_probability as keep
+    from momok_pyg.nn.kernels.tucker_dropout import keep_probability as keep
     torch.manual_seed(0)
     rk = ReMoKE(37, 4, num_experts=3, dropout=0.3).train()
     with torch.no_grad():
@@ -451,7 +451,7 @@ def test_fusion_matches_definition_and_mean_is_uniform():
 
 
 def test_fusion_training_values_and_gradients_match_plain_autograd():
-    from momok_pyg.nn.mujod import head_dropout_masks
+    from momok_pyg.nn.kernels.fusion import head_dropout_masks
     torch.manual_seed(0)
     fu = ModalityFusion({"a": 3, "b": 5, "c": 4}, 6, heads=2, dropout=0.3).train()
     xs = {m: torch.randn(9, d, requires_grad=True) for m, d in (("a", 3), ("b", 5), ("c", 4))}
@@ -508,7 +508,7 @@ def test_fusion_dropout_keeps_no_input_sized_tensor_and_eager_matches_fused(monk
 def test_masked_head_sum_equals_eager_in_both_layouts(layout):
     # the fusion's input gradient sum_h D_h * t_h * scale: a t laid out [H, d, n] (the
     # backward's products) takes its own kernel; both equal the eager masks exactly
-    from momok_pyg.nn.mujod import _masked_head_sum, _masked_head_sum_eager
+    from momok_pyg.nn.kernels.fusion import _masked_head_sum, _masked_head_sum_eager
     torch.manual_seed(0)
     heads, n, d = 3, 37, 21
     t = (torch.randn(heads, d, n).transpose(1, 2) if layout == "hdn"
@@ -552,7 +552,7 @@ def test_fused_kernels_take_parameters_of_any_size_without_recompiling():
     # op by op from then on)
     from torch._dynamo.utils import counters
 
-    from momok_pyg.nn import fused
+    from momok_pyg.nn.kernels import fused
 
     def scaled_sum(x, w):
         return (x * w).sum(-1)

@@ -1,4 +1,4 @@
-"""Scratch buffers (momok_pyg.nn.scratch): reused storage for the large temporaries of the
+"""Scratch buffers (momok_pyg.nn.kernels.scratch): reused storage for the large temporaries of the
 fusion's and the per-sample Tucker dropout's custom autograd nodes. A scratch tensor must
 never outlive the call that asked for it: two graphs built before either runs backward must
 get the gradients each would get alone."""
@@ -7,9 +7,10 @@ import threading
 import pytest
 import torch
 
-from momok_pyg.nn import ModalityFusion, scratch
-from momok_pyg.nn.fused import compile_enabled
-from momok_pyg.nn.tucker_dropout import per_sample_dropout_matmul
+from momok_pyg.nn import ModalityFusion
+from momok_pyg.nn.kernels import scratch
+from momok_pyg.nn.kernels.fused import compile_enabled
+from momok_pyg.nn.kernels.tucker_dropout import per_sample_dropout_matmul
 
 
 @pytest.fixture(autouse=True)

@@ -127,7 +127,7 @@ def test_training_threshold_is_scoped_to_the_epoch(monkeypatch):
 
 
 def test_gradient_buffers_lend_what_was_given_back():
-    from momok_pyg.nn import grad_buffers as gb
+    from momok_pyg.nn.kernels import grad_buffers as gb
     gb.release()
     cpu = torch.device("cpu")
     assert not gb.give_back(torch.zeros(4, 5))  # shape never requested: not kept
@@ -149,7 +149,8 @@ def test_tucker_cores_share_one_reused_gradient_buffer_and_train_like_adam():
     """Two scorers with cores of one shape (as MoMoK's modalities): under BackwardAdam every
     core gradient of every step is written into the same storage, and the parameters follow
     torch.optim.Adam's exactly."""
-    from momok_pyg.nn import TuckerScorer, grad_buffers
+    from momok_pyg.nn import TuckerScorer
+    from momok_pyg.nn.kernels import grad_buffers
     grad_buffers.release()
     gen = torch.Generator().manual_seed(3)
     head, cand = torch.randn(40, 16, generator=gen), torch.randn(30, 16, generator=gen)

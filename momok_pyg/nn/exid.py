@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.func import functional_call
 from torch.nn import Linear, ModuleDict, ReLU, Sequential, Tanh
 
-from .fused import fused_or_eager
+from .kernels.fused import fused_or_eager
 
 PAIRS = ("all", "random")
 
@@ -85,7 +85,7 @@ class CLUB(torch.nn.Module):
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         r"""The CLUB estimate :math:`\hat{I}(\mathbf{x}; \mathbf{y})` (scalar) for paired
         samples ``x`` ``[B, x_dim]`` and ``y`` ``[B, y_dim]``. The element-wise terms run as one
-        fused kernel (:mod:`momok_pyg.nn.fused`)."""
+        fused kernel (:mod:`momok_pyg.nn.kernels.fused`)."""
         x, y = x.float(), y.float()
         mu, raw_logvar = self._mu_raw_logvar(x)
         y_neg = y[torch.randperm(y.size(0), device=y.device)] if self.sample else None

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Embedding, Parameter
 
-from .fused import fused_or_eager
-from .tucker_dropout import dropout as inverted_dropout
+from .kernels.fused import fused_or_eager
+from .kernels.tucker_dropout import dropout as inverted_dropout
 
 GATE_INPUTS = ("views", "raw")
 

@@ -8,9 +8,13 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn import BatchNorm1d, Embedding, Parameter
 
-from momok_pyg.nn.grad_buffers import gradient_buffer
-from momok_pyg.nn.grouped import group_by_relation, relation_grouped_matmul
-from momok_pyg.nn.tucker_dropout import dropout, gradient_noise_matmul, per_sample_dropout_matmul
+from momok_pyg.nn.kernels.grad_buffers import gradient_buffer
+from momok_pyg.nn.kernels.grouped import group_by_relation, relation_grouped_matmul
+from momok_pyg.nn.kernels.tucker_dropout import (
+    dropout,
+    gradient_noise_matmul,
+    per_sample_dropout_matmul,
+)
 
 __all__ = ["TuckerScorer", "HIDDEN_DROPOUT_MODES", "group_by_relation",
            "relation_grouped_matmul"]
@@ -21,7 +25,7 @@ HIDDEN_DROPOUT_MODES = ("sample", "moments", "gaussian", "relation")
 class _CoreContraction(torch.autograd.Function):
     r""":math:`[\mathbf{W}_{r_1}; \dots] = \mathbf{R} \mathcal{W}_{(1)}`, ``[U, d_r] x
     [d_r, d_e, d_e] -> [U, d_e, d_e]``, whose core gradient goes into a
-    :func:`~momok_pyg.nn.grad_buffers.gradient_buffer`."""
+    :func:`~momok_pyg.nn.kernels.grad_buffers.gradient_buffer`."""
 
     @staticmethod
     def forward(ctx, rel: Tensor, core: Tensor) -> Tensor:
@@ -75,7 +79,7 @@ class TuckerScorer(torch.nn.Module):
     (\mathbf{W}_r \odot \mathbf{M}_b) / (1-p)`. ``hidden_dropout_mode`` chooses how:
 
     * ``"sample"`` (default): exactly that, one fresh mask per sample
-      (:func:`~momok_pyg.nn.tucker_dropout.per_sample_dropout_matmul`). The masks are
+      (:func:`~momok_pyg.nn.kernels.tucker_dropout.per_sample_dropout_matmul`). The masks are
       counter-based (a hash of a per-step seed and the entry's position), so three fused
       :func:`torch.compile` kernels (forward, two gradients) recompute them in registers: no
       ``[B, d_e, d_e]`` tensor, float or boolean, is built or kept. Without a compiler the same
@@ -101,7 +105,7 @@ class TuckerScorer(torch.nn.Module):
     * ``"moments"`` (opt-in, faster): the ``"gaussian"`` forward, and a backward pass that adds
       to the gradients of :math:`\mathbf{x}_b` and :math:`\mathbf{W}_r` independent Gaussian
       noise of the per-entry variance the official masks give them
-      (:func:`~momok_pyg.nn.tucker_dropout.gradient_noise_matmul`; two more grouped products
+      (:func:`~momok_pyg.nn.kernels.tucker_dropout.gradient_noise_matmul`; two more grouped products
       in backward). First and second moments of activations and gradients both match the
       official masks (tested), and it runs at the speed of the grouped products; it passes
       ``benchmarks/bench_momok.py``'s 5-epoch equal-learning check, but over longer runs it
@@ -171,7 +175,7 @@ class TuckerScorer(torch.nn.Module):
         autocast, casting the core (and its gradient back) would cost more than the
         product saves, and the per-sample dropout kernels compute in float32 anyway.
         The core's gradient :math:`\mathbf{R}^\top \partial L / \partial \mathbf{W}` is
-        written into a reused buffer (:mod:`momok_pyg.nn.grad_buffers`) when the optimizer
+        written into a reused buffer (:mod:`momok_pyg.nn.kernels.grad_buffers`) when the optimizer
         gives it back (:class:`~momok_pyg.training.BackwardAdam` does)."""
         with torch.autocast(rel_emb.device.type, enabled=False):
             return _CoreContraction.apply(rel_emb.to(self.core.dtype), self.core)

@@ -41,7 +41,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from momok_pyg.datasets.schema import STRUCTURE, feature_modalities, get_triples
-from momok_pyg.nn import grad_buffers, scratch
+from momok_pyg.nn.kernels import grad_buffers, scratch
 
 from .batching import OneToNQueries, epoch_generator
 from .checkpoint import (
@@ -246,8 +246,8 @@ def train_epoch(model: torch.nn.Module, queries: OneToNQueries, optimizer: torch
     Returns the mean KGC loss, the mean ExID upper bound and the mean Q-network loss. Runs
     with glibc's mmap threshold at ``config.malloc_mmap_threshold`` (see
     :func:`~momok_pyg.training.memory.mmap_threshold_while`); the gradient and scratch
-    buffers reused from step to step (:mod:`momok_pyg.nn.grad_buffers`,
-    :mod:`momok_pyg.nn.scratch`) are released at its end.
+    buffers reused from step to step (:mod:`momok_pyg.nn.kernels.grad_buffers`,
+    :mod:`momok_pyg.nn.kernels.scratch`) are released at its end.
     """
     try:
         with mmap_threshold_while(config.malloc_mmap_threshold):

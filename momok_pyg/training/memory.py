@@ -33,8 +33,8 @@ def set_malloc_mmap_threshold(nbytes: int) -> bool:
     threshold below those sizes gives it back at the cost of fresh pages for those tensors,
     which the kernel faults in and zeroes (~0.25 ms per MB on one core of the benchmark
     machine). :class:`~momok_pyg.training.TrainConfig` fixes it at 1 MiB: the largest
-    per-step temporaries reuse buffers of their own (:mod:`momok_pyg.nn.grad_buffers`,
-    :mod:`momok_pyg.nn.scratch`), and with them in place an 8 MiB threshold, which lets the
+    per-step temporaries reuse buffers of their own (:mod:`momok_pyg.nn.kernels.grad_buffers`,
+    :mod:`momok_pyg.nn.kernels.scratch`), and with them in place an 8 MiB threshold, which lets the
     batch-sized tensors (``[1024, 300]`` floats are 1.2 MB) reuse heap blocks, was no faster
     in a full benchmark run but raised peak RSS by ~0.1 GB (RESULTS.md;
     ``benchmarks/bench_momok.py --malloc-variant [BYTES]`` compares another setting).

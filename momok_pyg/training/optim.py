@@ -6,7 +6,7 @@ from typing import Any, Dict, Iterable, List
 import torch
 from torch import Tensor
 
-from momok_pyg.nn import grad_buffers
+from momok_pyg.nn.kernels import grad_buffers
 
 
 class BackwardAdam:
@@ -18,10 +18,10 @@ class BackwardAdam:
     never coexist: for MoMoK at :math:`d = 300` they would hold four Tucker cores of
     :math:`d^3` floats each (≈ 430 MB) at the end of every backward pass.
 
-    The gradient it drops goes to :func:`momok_pyg.nn.grad_buffers.give_back`: a backward pass
-    that writes a gradient of that shape into a borrowed buffer (the Tucker cores') reuses
-    its memory next time instead of faulting in fresh pages. A reference to ``param.grad``
-    kept by another hook therefore sees it overwritten by the next backward pass.
+    The gradient it drops goes to :func:`momok_pyg.nn.kernels.grad_buffers.give_back`: a
+    backward pass that writes a gradient of that shape into a borrowed buffer (the Tucker
+    cores') reuses its memory next time instead of faulting in fresh pages. A reference to
+    ``param.grad`` kept by another hook therefore sees it overwritten by the next backward pass.
 
     A parameter's hook fires once its gradient is fully accumulated, i.e. after every
     operation that used it has run its backward, so no saved tensor is modified while still

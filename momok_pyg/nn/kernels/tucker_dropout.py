@@ -10,9 +10,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from momok_pyg.nn.fused import compile_enabled, compile_failed, run_compiled
-from momok_pyg.nn.grouped import relation_grouped_matmul, sort_groups
-from momok_pyg.nn.scratch import scratch
+from momok_pyg.nn.kernels.fused import compile_enabled, compile_failed, run_compiled
+from momok_pyg.nn.kernels.grouped import relation_grouped_matmul, sort_groups
+from momok_pyg.nn.kernels.scratch import scratch
 
 #: resolution of the keep probability: masks compare 15-bit uniform integers to a threshold
 _LEVELS = 1 << 15
@@ -358,7 +358,7 @@ def per_sample_dropout_matmul(x: Tensor, group: Tensor, mats: Tensor, p: float,
         chunk (int): rows per block of the eager kernels.
         generator (torch.Generator, optional): source of the seed.
         grouping (Tuple[Tensor, Tensor], optional): precomputed ``(perm, counts)`` as
-            returned by :func:`~momok_pyg.nn.grouped.group_by_relation`.
+            returned by :func:`~momok_pyg.nn.kernels.grouped.group_by_relation`.
         compile (bool, optional): fuse the kernels with :func:`torch.compile`; default
             :obj:`True` unless the environment sets ``MOMOK_PYG_COMPILE=0``. Falls back to
             the eager kernels, with a warning, when compilation fails.
@@ -414,7 +414,7 @@ def gradient_noise_matmul(x: Tensor, group: Tensor, mats: Tensor, p: float,
     on :math:`\partial L / \partial x_{bi}` and :math:`\frac{p}{1-p} \sum_{g(b)=u}
     x_{bi}^2 g_{bj}^2` on :math:`\partial L / \partial M_{u,ij}` (the variances of the
     official per-sample-mask gradients around their means). ``grouping`` is ``(perm,
-    counts)`` of :func:`~momok_pyg.nn.grouped.group_by_relation`; ``method`` as in
-    :func:`~momok_pyg.nn.grouped.relation_grouped_matmul`."""
+    counts)`` of :func:`~momok_pyg.nn.kernels.grouped.group_by_relation`; ``method`` as in
+    :func:`~momok_pyg.nn.kernels.grouped.relation_grouped_matmul`."""
     perm, counts = grouping
     return _GradientMomentNoise.apply(x, mats, group, perm, counts, p, method)

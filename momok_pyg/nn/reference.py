@@ -1,13 +1,15 @@
-r"""A *naive* MoMoK: the paper's equations written down literally, for the benchmark only.
+r"""The reference formulation of MoMoK: the paper's equations written down literally, eager,
+with none of the fast paths of :mod:`momok_pyg.nn.kernels`.
 
-This module exists so that ``benchmarks/bench_momok.py`` can time :mod:`momok_pyg` against
-the model "as the paper writes it" on the same data and parameters. It is **not** part of
-the package and nothing imports it except the benchmark and ``tests/test_bench.py``.
+Read it beside the paper to check an equation; the tests compare the fast model against it
+on a small graph (scores, filtered ranks, the loss and every parameter's gradient:
+``tests/test_bench.py``), and ``benchmarks/bench_momok.py`` times the two side by side.
 
 :class:`NaiveMoMoK` reads the parameters of an existing :class:`momok_pyg.nn.MoMoK`
 (it shares them: the naive model holds the MoMoK instance as a submodule and only reads its
 parameter tensors, it never calls a MoMoK module's ``forward``), so both score with the same
-weights. In eval mode the two must give the same scores (``tests/test_bench.py``).
+weights. In eval mode the two must give the same scores.
+
 What is literal here, and therefore slow:
 
 * **Tucker (Eq. 4) per sample.** Every query contracts its own core copy,

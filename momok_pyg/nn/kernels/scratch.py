@@ -8,7 +8,7 @@ touch. A MoMoK training step makes several such temporaries per modality, of the
 every step: :class:`~momok_pyg.nn.mujod.ModalityFusion`'s dropped copies of an input for all
 heads (forward and backward) and its backward's products, and the transposed relation
 matrices of the per-sample Tucker dropout's input gradient
-(:func:`~momok_pyg.nn.tucker_dropout.per_sample_dropout_matmul`).
+(:func:`~momok_pyg.nn.kernels.tucker_dropout.per_sample_dropout_matmul`).
 
 :func:`scratch` hands out a view of a buffer kept per name, thread, dtype and device, grown to
 the largest size asked for. Its contents are garbage, and the next request for the same name
