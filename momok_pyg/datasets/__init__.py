@@ -10,6 +10,7 @@ from .download import ChecksumError, fetch_raw_files
 from .features import encode_names, load_feature_file, name_to_text, names_to_texts
 from .custom import CustomMMKG, MMKGInMemoryDataset, read_mmkg
 from .benchmarks import DB15K, KVC16K, MKGW, MKGY, MMKGBenchmark
+from .fb15k237 import FB15k237
 from .registry import (DATASETS, list_datasets, load_dataset, register_dataset,
                        unregister_dataset)
 from .synthetic import SyntheticMMKG, make_synthetic_mmkg
@@ -28,6 +29,7 @@ __all__ = [
     "DataLeakWarning", "audit_mmkg", "format_audit", "ChecksumError", "fetch_raw_files",
     "encode_names", "load_feature_file", "name_to_text", "names_to_texts", "CustomMMKG",
     "MMKGInMemoryDataset", "read_mmkg", "DB15K", "KVC16K", "MKGW", "MKGY", "MMKGBenchmark",
+    "FB15k237",
     "DATASETS", "list_datasets", "load_dataset", "register_dataset", "unregister_dataset",
     "SyntheticMMKG", "make_synthetic_mmkg",
 ]

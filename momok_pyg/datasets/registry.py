@@ -17,6 +17,7 @@ import re
 from typing import Any, Callable, Dict, Iterable, List
 
 from .benchmarks import DB15K, KVC16K, MKGW, MKGY
+from .fb15k237 import FB15k237
 
 __all__ = ["DATASETS", "register_dataset", "unregister_dataset", "load_dataset",
            "list_datasets", "canonical_name"]
@@ -89,3 +90,4 @@ register_dataset("DB15K", DB15K)
 register_dataset("MKG-W", MKGW)
 register_dataset("MKG-Y", MKGY)
 register_dataset("KVC16K", KVC16K, aliases=("Kuai16K", ))
+register_dataset("FB15k-237", FB15k237)

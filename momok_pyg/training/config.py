@@ -71,7 +71,7 @@ PROTOCOLS: Dict[str, Dict[str, Any]] = {
 }
 
 _ALIASES = {"mkgw": "MKG-W", "mkgy": "MKG-Y", "db15k": "DB15K", "kvc16k": "KVC16K",
-            "kuai16k": "KVC16K", "synthetic": SYNTHETIC}
+            "kuai16k": "KVC16K", "fb15k237": "FB15k-237", "synthetic": SYNTHETIC}
 
 
 def canonical_dataset(name: str) -> str:
