@@ -65,6 +65,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: 0.1 for bce, 0 for ce")
     m.add_argument("--aggregate", choices=("sum", "mean_sigmoid"), default=None,
                    help="how per-modality scores are combined (default sum)")
+    m.add_argument("--structure-encoder", choices=("rgcn", ), default=None,
+                   help="a PyG graph encoder for the structure modality over the training "
+                        "graph (two RGCNConv layers by default; --encoder-arg to change)")
+    m.add_argument("--encoder-arg", dest="encoder_args", nargs="+", default=None,
+                   metavar="KEY=VALUE", help="RGCNEncoder arguments, e.g. num_layers=1 "
+                                             "num_bases=8")
     m.add_argument("--model-arg", dest="model_args", nargs="+", default=None,
                    metavar="KEY=VALUE",
                    help="further MoMoK/TuckER keyword arguments, e.g. finetune_features=false "
@@ -131,6 +137,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 _NOT_CONFIG = {"command", "out", "resume", "overwrite", "synthetic", "model_args", "func",
+               "encoder_args",
                "config"}
 
 
@@ -156,6 +163,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         kw["synthetic"] = _parse_pairs(args.synthetic, "--synthetic")
     if args.model_args:
         kw["model_kwargs"] = _parse_pairs(args.model_args, "--model-arg")
+    if kw.get("structure_encoder") is not None:
+        kw["structure_encoder"] = {"name": kw["structure_encoder"], **_parse_pairs(
+            getattr(args, "encoder_args", None) or [], "--encoder-arg")}
+    elif getattr(args, "encoder_args", None):
+        raise ValueError("--encoder-arg needs --structure-encoder")
     glibc_default = kw.get("malloc_mmap_threshold") == 0
     if glibc_default:
         del kw["malloc_mmap_threshold"]

@@ -1,7 +1,10 @@
 r"""Baselines built from the MoMoK machinery."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
 
 from .momok import MoMoK
 
@@ -26,16 +29,22 @@ class TuckER(MoMoK):
                  label_smoothing: Optional[float] = None, input_dropout: float = 0.3,
                  hidden_dropout: float = 0.4, output_dropout: float = 0.5,
                  batch_norm: bool = True, grouped: str = "loop",
-                 hidden_dropout_mode: str = "sample"):
+                 hidden_dropout_mode: str = "sample",
+                 structure_encoder: Optional[torch.nn.Module] = None,
+                 structure_graph: Optional[Tuple[Tensor, Tensor]] = None):
         super().__init__(num_entities, num_relations, features=None, masks=None, dim=dim,
                          rel_dim=rel_dim, num_experts=0, use_structure=True, joint=False,
                          exid=False, loss=loss, label_smoothing=label_smoothing,
                          aggregate="sum", input_dropout=input_dropout,
                          hidden_dropout=hidden_dropout, output_dropout=output_dropout,
                          batch_norm=batch_norm, grouped=grouped,
-                         hidden_dropout_mode=hidden_dropout_mode)
+                         hidden_dropout_mode=hidden_dropout_mode,
+                         structure_encoder=structure_encoder, structure_graph=structure_graph)
 
     @classmethod
     def from_data(cls, data, **kwargs) -> "TuckER":
         r"""Builds the baseline for an MMKG (its feature modalities are ignored)."""
+        if kwargs.get("structure_encoder") is not None and "structure_graph" not in kwargs:
+            store = data["entity", "relation", "entity"]
+            kwargs["structure_graph"] = (store.edge_index, store.edge_type)
         return cls(int(data["entity"].num_nodes), int(data.num_relations), **kwargs)

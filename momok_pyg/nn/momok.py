@@ -117,6 +117,11 @@ class MoMoK(torch.nn.Module):
         noise_eps (float): Gate noise-scale floor.
         exid_hidden (int, optional), exid_pairs (str), exid_shared (bool),
             exid_sample (bool): :class:`ExID` settings.
+        structure_encoder (torch.nn.Module, optional): A graph encoder for the structure
+            modality, ``f(x, edge_index, edge_type) -> [N, dim]`` (e.g.
+            :class:`~momok_pyg.nn.encoders.RGCNEncoder`), applied to the learned entity table
+            over ``structure_graph``, the training graph ``(edge_index, edge_type)``
+            (:meth:`from_data` passes the dataset's).
     """
     def __init__(self, num_entities: int, num_relations: int,
                  features: Optional[Mapping[str, Tensor]] = None,
@@ -136,7 +141,9 @@ class MoMoK(torch.nn.Module):
                  hidden_dropout_mode: str = "sample", fusion_heads: int = 2,
                  fusion_dropout: float = 0.2, noise_eps: float = 1e-2,
                  exid_hidden: Optional[int] = None, exid_pairs: str = "all",
-                 exid_shared: bool = True, exid_sample: bool = False):
+                 exid_shared: bool = True, exid_sample: bool = False,
+                 structure_encoder: Optional[torch.nn.Module] = None,
+                 structure_graph: Optional[Tuple[Tensor, Tensor]] = None):
         super().__init__()
         if num_entities <= 0 or num_relations <= 0:
             raise ValueError(f"need num_entities > 0 and num_relations > 0, got "
@@ -175,7 +182,11 @@ class MoMoK(torch.nn.Module):
 
         self.inputs = ModuleDict()
         if use_structure:
-            self.inputs[STRUCTURE] = StructureTable(num_entities, dim)
+            graph = structure_graph if structure_encoder is not None else None
+            self.inputs[STRUCTURE] = StructureTable(
+                num_entities, dim, structure_encoder, *(graph or (None, None)))
+        elif structure_encoder is not None:
+            raise ValueError("structure_encoder given but use_structure=False")
         for m in self.feature_modalities:
             x = preprocess_features(features[m], feature_norm, pools.get(m))
             self.inputs[m] = ModalityTable(x, masks.get(m), finetune_features, name=m)
@@ -213,6 +224,9 @@ class MoMoK(torch.nn.Module):
     def from_data(cls, data, **kwargs) -> "MoMoK":
         r"""Builds the model for one MMKG :class:`~torch_geometric.data.HeteroData`
         (see :mod:`momok_pyg.datasets.schema`); ``kwargs`` go to the constructor."""
+        if kwargs.get("structure_encoder") is not None and "structure_graph" not in kwargs:
+            store = data["entity", "relation", "entity"]
+            kwargs["structure_graph"] = (store.edge_index, store.edge_type)
         return cls(int(data["entity"].num_nodes), int(data.num_relations),
                    features=modality_features(data), masks=modality_masks(data), **kwargs)
 

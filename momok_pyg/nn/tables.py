@@ -90,10 +90,31 @@ class ModalityTable(torch.nn.Module):
 
 class StructureTable(torch.nn.Module):
     r"""The structure modality's raw input: a learned entity embedding ``[N, d]``
-    (Xavier-normal, as official)."""
-    def __init__(self, num_entities: int, dim: int):
+    (Xavier-normal, as official), or, with an :obj:`encoder`, that embedding passed through
+    a graph encoder over the training graph, ``encoder(E, edge_index, edge_type) -> [N, d]``
+    (:mod:`momok_pyg.nn.encoders`).
+
+    Args:
+        num_entities (int), dim (int): :math:`N` and :math:`d`.
+        encoder (torch.nn.Module, optional): Called as ``encoder(x, edge_index, edge_type)``.
+        edge_index (Tensor, optional), edge_type (Tensor, optional): The training graph
+            ``[2, E]`` / ``[E]`` (required with :obj:`encoder`).
+    """
+    def __init__(self, num_entities: int, dim: int, encoder: Optional[torch.nn.Module] = None,
+                 edge_index: Optional[Tensor] = None, edge_type: Optional[Tensor] = None):
         super().__init__()
         self.emb = Embedding(num_entities, dim)
+        self.encoder = encoder
+        if encoder is not None:
+            if edge_index is None or edge_type is None:
+                raise ValueError("a structure encoder needs the training graph: pass "
+                                 "edge_index [2, E] and edge_type [E]")
+            if edge_index.dim() != 2 or edge_index.size(0) != 2 or \
+                    edge_type.shape != (edge_index.size(1), ):
+                raise ValueError(f"expected edge_index [2, E] and edge_type [E], got "
+                                 f"{tuple(edge_index.shape)} and {tuple(edge_type.shape)}")
+            self.register_buffer("edge_index", edge_index.long(), persistent=False)
+            self.register_buffer("edge_type", edge_type.long(), persistent=False)
         self.reset_parameters()
 
     @property
@@ -102,6 +123,15 @@ class StructureTable(torch.nn.Module):
 
     def reset_parameters(self) -> None:
         torch.nn.init.xavier_normal_(self.emb.weight)
+        if self.encoder is not None and hasattr(self.encoder, "reset_parameters"):
+            self.encoder.reset_parameters()
 
     def forward(self) -> Tensor:
-        return self.emb.weight
+        x = self.emb.weight
+        if self.encoder is None:
+            return x
+        out = self.encoder(x, self.edge_index, self.edge_type)
+        if out.shape != x.shape:
+            raise ValueError(f"the structure encoder must map [N, d] = {tuple(x.shape)} to "
+                             f"the same shape, got {tuple(out.shape)}")
+        return out

@@ -113,6 +113,9 @@ class TrainConfig:
     joint: bool = True
     exid: bool = True
     eval_modalities: Optional[List[str]] = None
+    #: a graph encoder for the structure modality over the training graph,
+    #: ``{"name": "rgcn", **kwargs}`` (:mod:`momok_pyg.nn.encoders`); MoMoK and TuckER only
+    structure_encoder: Optional[Dict[str, Any]] = None
     #: set by the "w/o joint training" ablation on each of its single-modality models
     member: Optional[str] = None
     # optimisation
@@ -177,6 +180,14 @@ class TrainConfig:
                              f"{self.features!r}")
         from .device import check_device_spec
         check_device_spec(self.device)
+        if self.structure_encoder is not None:
+            self.structure_encoder = dict(self.structure_encoder)
+            if self.structure_encoder.get("name") != "rgcn":
+                raise ValueError(f"structure_encoder: expected {{'name': 'rgcn', ...}}, got "
+                                 f"{self.structure_encoder!r}")
+            if self.model not in ("momok", "tucker"):
+                raise ValueError(f"structure_encoder applies to MoMoK and TuckER, not "
+                                 f"{self.model!r}")
         self.transforms = [dict(t) for t in self.transforms]
         for t in self.transforms:
             if t.get("name") not in TRANSFORMS:
@@ -241,6 +252,7 @@ class TrainConfig:
                    "dim", "rel_dim",
                    "num_experts", "loss", "label_smoothing", "aggregate", "model_kwargs",
                    "rel_temperature", "noise", "fusion", "joint", "exid", "member", "lr",
+                   "structure_encoder",
                    "batch_size",
                    "lambda_club", "weight_decay", "lr_decay", "seed", "eval_every",
                    "eval_modalities", "tie", "select_on", "track_test")

@@ -119,21 +119,26 @@ def build_model(config: TrainConfig, data) -> torch.nn.Module:
         return KGEScorer.from_data(data, model=config.model, dim=config.dim, loss=config.loss,
                                    label_smoothing=config.label_smoothing,
                                    **config.model_kwargs)
+    encoder = {}
+    if config.structure_encoder is not None and member in (None, STRUCTURE):
+        from momok_pyg.nn.encoders import build_encoder
+        encoder["structure_encoder"] = build_encoder(config.structure_encoder, config.dim,
+                                                     int(data.num_relations))
     if config.model == "tucker":
         kw = dict(dim=config.dim, rel_dim=config.rel_dim, loss=config.loss,
                   label_smoothing=config.label_smoothing)
         kw.update(config.model_kwargs)
-        return TuckER.from_data(data, **kw)
+        return TuckER.from_data(data, **kw, **encoder)
     if member is None:
         kw = config.model_kwargs_for()
         if "modalities" not in config.model_kwargs:
             kw["modalities"] = usable_modalities(data)
-        return MoMoK.from_data(data, **kw)
+        return MoMoK.from_data(data, **kw, **encoder)
     if member == STRUCTURE:
         kw = config.model_kwargs_for(modalities=[], use_structure=True, joint=False)
     else:
         kw = config.model_kwargs_for(modalities=[member], use_structure=False, joint=False)
-    return MoMoK.from_data(data, **kw)
+    return MoMoK.from_data(data, **kw, **encoder)
 
 
 def _check_modalities(model: torch.nn.Module, modalities: Optional[Sequence[str]]) -> None:

@@ -1,0 +1,94 @@
+r"""Graph encoders for the structure modality: any PyG GNN in place of MoMoK's learned
+entity table.
+
+By default the structure modality's raw input is a learned embedding
+:math:`\mathbf{E} \in \mathbb{R}^{N \times d}` (:class:`~momok_pyg.nn.tables.StructureTable`).
+With ``MoMoK(..., structure_encoder=f)`` it is :math:`f(\mathbf{E}, \mathcal{G})`, where
+:math:`\mathcal{G}` is the *training* graph (``data["entity", "relation", "entity"]
+.edge_index / .edge_type``, never valid or test edges) and :math:`f` any
+``torch.nn.Module`` called as ``f(x, edge_index, edge_type) -> [N, d]`` -- e.g. two
+:class:`torch_geometric.nn.RGCNConv` layers (:class:`RGCNEncoder`) or a CompGCN-style stack.
+It is recomputed over the whole graph once per training step (and once per evaluation), so
+the experts, the gate and the Tucker scorers see message-passed entity states.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.nn import RGCNConv
+
+
+class RGCNEncoder(torch.nn.Module):
+    r"""A stack of relational graph convolutions (Schlichtkrull et al., 2018),
+
+    .. math::
+        \mathbf{h}_i^{(\ell+1)} = \mathbf{W}_0^{(\ell)} \mathbf{h}_i^{(\ell)} +
+        \sum_{r} \frac{1}{|\mathcal{N}_i^r|} \sum_{j \in \mathcal{N}_i^r}
+        \mathbf{W}_r^{(\ell)} \mathbf{h}_j^{(\ell)},
+
+    with ReLU and dropout between layers and, with :obj:`residual`, the output
+    :math:`\mathbf{h}^{(0)} + \mathbf{h}^{(L)}` (the encoder then starts close to the plain
+    embedding table). With :obj:`add_inverse` every edge :math:`(h, r, t)` also passes
+    messages as :math:`(t, r + R, h)`, so heads hear their tails and tails their heads.
+
+    Args:
+        dim (int): Input and output size :math:`d`.
+        num_relations (int): :math:`R`, the original relations of the graph.
+        num_layers (int): :math:`L`.
+        num_bases (int, optional): Basis decomposition of the :math:`\mathbf{W}_r`.
+        dropout (float): Dropout between layers.
+        residual (bool): Add the input to the output.
+        add_inverse (bool): Message passing along inverse edges too.
+    """
+    def __init__(self, dim: int, num_relations: int, num_layers: int = 2,
+                 num_bases: Optional[int] = None, dropout: float = 0.0,
+                 residual: bool = True, add_inverse: bool = True):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.num_relations = num_relations
+        self.add_inverse = add_inverse
+        self.residual = residual
+        self.dropout = dropout
+        types = 2 * num_relations if add_inverse else num_relations
+        self.convs = torch.nn.ModuleList(
+            [RGCNConv(dim, dim, types, num_bases=num_bases) for _ in range(num_layers)])
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for conv in self.convs:
+            conv.reset_parameters()
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_type: Tensor) -> Tensor:
+        if self.add_inverse:
+            edge_index = torch.cat([edge_index, edge_index.flip(0)], dim=1)
+            edge_type = torch.cat([edge_type, edge_type + self.num_relations])
+        h = x
+        for i, conv in enumerate(self.convs):
+            h = conv(h, edge_index, edge_type)
+            if i < len(self.convs) - 1:
+                h = F.dropout(F.relu(h), self.dropout, self.training)
+        return x + h if self.residual else h
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}(layers={len(self.convs)}, "
+                f"relations={self.num_relations}, inverse={self.add_inverse}, "
+                f"residual={self.residual})")
+
+
+#: ``TrainConfig.structure_encoder["name"]`` -> encoder class, built as
+#: ``cls(dim=..., num_relations=..., **the other keys)``
+ENCODERS = {"rgcn": RGCNEncoder}
+
+
+def build_encoder(spec: Mapping[str, Any], dim: int, num_relations: int) -> torch.nn.Module:
+    r"""The encoder ``spec`` describes (``{"name": "rgcn", "num_layers": 2, ...}``)."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in ENCODERS:
+        raise ValueError(f"structure_encoder: expected {{'name': one of {sorted(ENCODERS)}, "
+                         f"...}}, got {name!r}")
+    return ENCODERS[name](dim=dim, num_relations=num_relations, **spec)
