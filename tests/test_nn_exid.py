@@ -99,3 +99,39 @@ def test_exid_gradients_go_to_views_or_estimators_only():
     assert torch.isfinite(official.upper_bound({"a": views["a"]}))
     with pytest.raises(ValueError, match=r"\[B, 3, 6\]"):
         exid.upper_bound({"a": torch.randn(5, 2, 6), "b": views["b"]})
+
+
+@pytest.mark.parametrize("q_views", ["forward", "updated"])
+def test_q_step_learns_from_the_views_its_setting_names(q_views, monkeypatch):
+    # one batch, one step: "updated" hands Q the views of the heads under the parameters
+    # after the model's update (official train.py), "forward" those of the step's forward
+    from momok_pyg.datasets import get_triples
+    from momok_pyg.datasets.synthetic import make_synthetic_mmkg
+    from momok_pyg.training import TrainConfig
+    from momok_pyg.training.batching import OneToNQueries, epoch_generator
+    from momok_pyg.training.loop import _optimizers, build_model, train_epoch
+    tiny = dict(num_entities=300, num_triples=600, num_groups=6, num_attributes=4)
+    data = make_synthetic_mmkg(**tiny)
+    config = TrainConfig(synthetic=tiny, dim=8, lr=0.05, batch_size=4096, q_views=q_views,
+                         progress=False, optimizer_in_backward=False)
+    model = build_model(config, data)
+    queries = OneToNQueries(get_triples(data, "train"), 300, data.num_relations)
+    assert queries.num_batches(4096) == 1
+    opt, q_opt = _optimizers(model, config)
+    seen = {}
+    real = model.exid.learning_loss
+
+    def spy(views):
+        seen.update({m: v.clone() for m, v in views.items()})
+        return real(views)
+
+    monkeypatch.setattr(model.exid, "learning_loss", spy)
+    train_epoch(model, queries, opt, q_opt, config, epoch=1)
+    heads = next(iter(queries.batches(4096, epoch_generator(config.seed, 1))))[0]
+    after = model.head_views(heads)  # the model's parameters after its one update
+    assert set(seen) == set(after) and seen
+    for m in seen:
+        if q_views == "updated":
+            torch.testing.assert_close(seen[m], after[m])
+        else:
+            assert not torch.allclose(seen[m], after[m], atol=1e-6)  # pre-update views

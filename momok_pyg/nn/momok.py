@@ -342,6 +342,17 @@ class MoMoK(torch.nn.Module):
             heads[m], views[m], gates[m] = ReMoKE.mix(g, v), v, g
         return heads, views, gates
 
+    @torch.no_grad()
+    def head_views(self, head: Tensor) -> Dict[str, Tensor]:
+        r"""The expert views ``{m: [B, K, d_m]}`` (float32) of the entities :obj:`head` under
+        the current parameters -- what the official training script recomputes for the
+        :math:`Q_\theta` step *after* the model's update (``TrainConfig.q_views="updated"``).
+        Empty without experts."""
+        if self.experts is None:
+            return {}
+        return {m: self.experts[m].experts(self.inputs[m]().index_select(0, head)).float()
+                for m in self.expert_modalities}
+
     def _queries(self, head: Tensor, rel: Tensor):
         self._check_ids(head, rel)
         st = self._entity_state()

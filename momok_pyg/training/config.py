@@ -54,8 +54,10 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 #: code runs: BCE against all entities with label smoothing 0.1 (target
 #: :math:`(1-\varepsilon) y + 1/N`), the mean of the per-modality sigmoid scores at inference,
 #: the gate computed from the raw feature, one random ordered expert pair per step sharing
-#: one :math:`Q_{\theta,m}` with sampled CLUB negatives, and relation embeddings of size
-#: 256. The Tucker dropouts (0.3 / 0.4 / 0.5) are the same in both.
+#: one :math:`Q_{\theta,m}` with sampled CLUB negatives, relation embeddings of size 256,
+#: and a :math:`Q_\theta` step on views recomputed after the model's update. The Tucker
+#: dropouts (0.3 / 0.4 / 0.5) and the fusion (one dropout-linear-ReLU per head, two heads,
+#: one shared attention vector) are the same in both.
 #:
 #: :math:`\lambda` is relative to the KGC loss as it is computed: per query, the softmax CE
 #: gives an answer's score a gradient of about :math:`-1/B`, the official mean BCE over
@@ -66,6 +68,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 PROTOCOLS: Dict[str, Dict[str, Any]] = {
     "paper": {},
     "official": dict(loss="bce", label_smoothing=0.1, aggregate="mean_sigmoid", rel_dim=256,
+                     q_views="updated",
                      model_kwargs=dict(gate_input="raw", exid_pairs="random",
                                        exid_shared=True, exid_sample=True)),
 }
@@ -124,6 +127,10 @@ class TrainConfig:
     epochs: int = 40
     lambda_club: float = 1e-4
     weight_decay: float = 0.0
+    #: the expert views ExID's :math:`Q_\theta` step learns from: ``"forward"`` (the training
+    #: step's own forward pass, before the model's update) or ``"updated"`` (recomputed for
+    #: the batch's heads after the update, as the official train.py does)
+    q_views: str = "forward"
     #: multiply the learning rate by this after every epoch (the original TuckER's
     #: ``ExponentialLR``; 1.0 = constant, as upstream MoMoK)
     lr_decay: float = 1.0
@@ -173,6 +180,8 @@ class TrainConfig:
             raise ValueError("lr and lambda_club must be >= 0")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        if self.q_views not in ("forward", "updated"):
+            raise ValueError(f"q_views must be 'forward' or 'updated', got {self.q_views!r}")
         if self.select_on not in SELECT_ON:
             raise ValueError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
         if self.features is not None and self.features not in ("names", "official", "none"):
@@ -254,7 +263,7 @@ class TrainConfig:
                    "rel_temperature", "noise", "fusion", "joint", "exid", "member", "lr",
                    "structure_encoder",
                    "batch_size",
-                   "lambda_club", "weight_decay", "lr_decay", "seed", "eval_every",
+                   "lambda_club", "weight_decay", "lr_decay", "seed", "eval_every", "q_views",
                    "eval_modalities", "tie", "select_on", "track_test")
 
     def resume_mismatch(self, other: "TrainConfig") -> List[str]:

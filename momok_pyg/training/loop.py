@@ -291,7 +291,10 @@ def _train_epoch(model: torch.nn.Module, queries: OneToNQueries,
         total.backward()
         optimizer.step()
         if exid is not None and q_optimizer is not None:
-            views = {m: v.detach().float() for m, v in out.views.items()}
+            if config.q_views == "updated":  # the official timing: after the model's step
+                views = model.head_views(ent)
+            else:
+                views = {m: v.detach().float() for m, v in out.views.items()}
             q_optimizer.zero_grad(set_to_none=True)
             q_loss = exid.learning_loss(views)
             q_loss.backward()
