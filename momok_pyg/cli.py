@@ -108,6 +108,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--patience", type=int, default=None,
                    help="early stop after N evaluations without a better valid MRR (0: never)")
     s.add_argument("--eval-batch-size", type=int, default=None)
+    s.add_argument("--eval-candidate-chunk", type=int, default=None, metavar="C",
+                   help="rank candidates in chunks of C entities: evaluation memory bounded "
+                        "by eval batch x C, not by the entity count (same ranks)")
     s.add_argument("--tie", choices=("realistic", "optimistic", "pessimistic"), default=None)
     s.add_argument("--select-on", choices=("valid", "valid_not_in_train"), default=None,
                    help="valid MRR that selects the checkpoint: all valid triples (default) or "

@@ -145,6 +145,7 @@ def evaluate_link_prediction(
     progress: bool = False,
     return_ranks: bool = False,
     subsets: Optional[Dict[str, Tensor]] = None,
+    candidate_chunk: Optional[int] = None,
 ) -> Dict[str, object]:
     r"""Filtered link prediction on :obj:`split` of an MMKG, both directions.
 
@@ -174,6 +175,11 @@ def evaluate_link_prediction(
         subsets (Dict[str, Tensor], optional): Named bool ``[E]`` masks over the triples of
             :obj:`split`; each adds ``out[name]``, the metrics of both directions of the
             selected triples (e.g. ``{"not_in_train": ~in_train_mask(data, "valid")}``).
+        candidate_chunk (int, optional): Score the candidates in chunks of this many entities
+            (``score_fn(head, rel, candidates=slice(c0, c1)) -> [B, c1 - c0]``, e.g.
+            ``model.predict``), so that peak memory is bounded by ``batch_size`` times the
+            chunk, not by :math:`N` (:meth:`FilteredRankMetric.update_chunked`; each chunk
+            is scored twice). Same ranks as without it.
 
     Returns:
         ``{"mrr", "mr", "hits@k"..., "count"}`` (``count`` = :math:`2E` queries), plus the
@@ -207,8 +213,14 @@ def evaluate_link_prediction(
         for u0 in tqdm(starts, desc=f"rank {split}", disable=not progress, leave=False):
             u1 = min(u0 + batch_size, head_u.numel())
             idx = order[(ends[u0 - 1] if u0 else 0):ends[u1 - 1]]
-            metric.update(score_fn(head_u[u0:u1], rel_u[u0:u1]), head[idx], rel[idx],
-                          target[idx], row=inverse[idx] - u0)
+            if candidate_chunk is None:
+                metric.update(score_fn(head_u[u0:u1], rel_u[u0:u1]), head[idx], rel[idx],
+                              target[idx], row=inverse[idx] - u0)
+                continue
+            h_b, r_b = head_u[u0:u1], rel_u[u0:u1]
+            metric.update_chunked(lambda sl, h_b=h_b, r_b=r_b: score_fn(h_b, r_b, candidates=sl),
+                                  head[idx], rel[idx], target[idx], row=inverse[idx] - u0,
+                                  chunk_size=candidate_chunk)
     finally:
         if module is not None:
             module.train(was_training)

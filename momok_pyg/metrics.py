@@ -23,7 +23,7 @@ order of ties, which is what the upstream code estimates by random tie breaking)
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -300,6 +300,62 @@ class FilteredRankMetric:
         batch_idx, entity_idx = fi.answers(head.to(scores.device), rel.to(scores.device))
         ranks = filtered_ranks(scores, target, batch_idx, entity_idx, self.tie, row=row)
         self._chunks.append(ranks.detach())
+        return ranks
+
+    def update_chunked(self, score_chunk: Callable[[slice], Tensor], head: Tensor, rel: Tensor,
+                       target: Tensor, row: Optional[Tensor] = None,
+                       chunk_size: int = 65536) -> Tensor:
+        r"""Ranks one batch whose scores come in column chunks, so that no ``[B, N]`` tensor
+        is ever held: ``score_chunk(slice(c0, c1))`` returns the ``[B, c1 - c0]`` (or
+        ``[U, c1 - c0]`` with :obj:`row`) scores of entities ``c0 .. c1 - 1``. Peak memory is
+        bounded by the rows times :obj:`chunk_size`, whatever :math:`N`; every chunk is
+        scored twice (once to read the targets' scores, once to count). The ranks equal those
+        of :meth:`update` on the full score matrix (same tie rule, same filter).
+
+        Returns:
+            The ``[B]`` float ranks of this batch.
+        """
+        fi = self.filter_index
+        n = fi.num_entities
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        bounds = [(c0, min(c0 + chunk_size, n)) for c0 in range(0, n, chunk_size)]
+        rows = torch.arange(target.numel()) if row is None else row
+        t_score: Optional[Tensor] = None
+        for c0, c1 in bounds:  # pass 1: the targets' own scores
+            s = score_chunk(slice(c0, c1))
+            if s.dim() != 2 or s.size(1) != c1 - c0:
+                raise ValueError(f"score_chunk(slice({c0}, {c1})) must return [rows, "
+                                 f"{c1 - c0}] scores, got {tuple(s.shape)}")
+            if t_score is None:
+                t_score = torch.full((target.numel(), ), float("nan"), dtype=s.dtype,
+                                     device=s.device)
+                rows, target = rows.to(s.device), target.to(s.device)
+            hit = (target >= c0) & (target < c1)
+            t_score[hit] = s[rows[hit], target[hit] - c0]
+        if fi.device != t_score.device:
+            fi = self.filter_index = fi.to(t_score.device)
+        batch_idx, entity_idx = fi.answers(head.to(t_score.device), rel.to(t_score.device))
+        other = entity_idx != target[batch_idx]  # the target never counts against itself
+        batch_idx, entity_idx = batch_idx[other], entity_idx[other]
+        greater = torch.zeros(target.numel(), dtype=torch.float64, device=t_score.device)
+        equal = torch.zeros_like(greater)
+        t = t_score.unsqueeze(1)
+        for c0, c1 in bounds:  # pass 2: count better / equal candidates, filtered ones out
+            s = score_chunk(slice(c0, c1))[rows]
+            if bool(torch.isnan(s).any()):
+                raise ValueError("scores contain NaN")
+            greater += (s > t).sum(1)
+            equal += (s == t).sum(1)
+            sel = (entity_idx >= c0) & (entity_idx < c1)
+            b, e = batch_idx[sel], entity_idx[sel] - c0
+            vals = s[b, e]
+            greater.index_add_(0, b, -(vals > t_score[b]).double())
+            equal.index_add_(0, b, -(vals == t_score[b]).double())
+        equal -= 1.0  # the target equals itself
+        lam = {"optimistic": 0.0, "pessimistic": 1.0, "realistic": 0.5}[self.tie]
+        ranks = (1.0 + greater + lam * equal).to(torch.float32 if n < 2**24 else torch.float64)
+        self._chunks.append(ranks)
         return ranks
 
     @property

@@ -67,7 +67,7 @@ class KGEScorer(torch.nn.Module):
         self.chunk_size = int(chunk_size)
         self.num_entities = int(kge.num_nodes)
         self.num_relations = int(kge.num_relations)
-        self._closed_form: Optional[Callable[[Tensor, Tensor, bool], Tensor]] = {
+        self._closed_form: Optional[Callable[[Tensor, Tensor, bool, slice], Tensor]] = {
             TransE: self._transe, DistMult: self._distmult, ComplEx: self._complex,
             RotatE: self._rotate}.get(type(kge))
 
@@ -89,9 +89,11 @@ class KGEScorer(torch.nn.Module):
         self.kge.reset_parameters()
 
     # -- scoring -------------------------------------------------------------------------
-    def forward(self, ent: Tensor, rel: Tensor) -> Tensor:
+    def forward(self, ent: Tensor, rel: Tensor, candidates: Optional[slice] = None) -> Tensor:
         r"""Scores ``[B, N]`` of all candidates for the queries ``(ent, rel, ?)``,
-        :math:`rel \in [0, 2R)`."""
+        :math:`rel \in [0, 2R)`; with a :obj:`candidates` slice only those (``[B, c1 - c0]``,
+        computed from the slice of the entity table alone)."""
+        cand = candidates if candidates is not None else slice(None)
         R = self.num_relations
         if rel.numel() and (int(rel.min()) < 0 or int(rel.max()) >= 2 * R):
             raise ValueError(f"query relations must lie in [0, {2 * R}) (R = {R} relations "
@@ -103,18 +105,19 @@ class KGEScorer(torch.nn.Module):
             idx = mask.nonzero().view(-1)
             if idx.numel():
                 r = rel[idx] if is_tail else rel[idx] - R
-                parts.append((idx, fn(ent[idx], r, is_tail).float()))
+                parts.append((idx, fn(ent[idx], r, is_tail, cand).float()))
         if len(parts) == 1:
             return parts[0][1]
-        out = ent.new_zeros((ent.numel(), self.num_entities), dtype=torch.float32)
+        width = len(range(self.num_entities)[cand])
+        out = ent.new_zeros((ent.numel(), width), dtype=torch.float32)
         for idx, scores in parts:  # out of place: differentiable in the scores
             out = out.index_put((idx, ), scores)
         return out
 
-    def _generic(self, ent: Tensor, r: Tensor, is_tail: bool) -> Tensor:
-        B, N = ent.numel(), self.num_entities
+    def _generic(self, ent: Tensor, r: Tensor, is_tail: bool, sl: slice) -> Tensor:
+        cand = torch.arange(self.num_entities, device=ent.device)[sl]
+        B, N = ent.numel(), cand.numel()
         rows = max(1, self.chunk_size // max(N, 1))
-        cand = torch.arange(N, device=ent.device)
         parts = []
         for e, rr in zip(ent.split(rows), r.split(rows)):
             q = e.repeat_interleave(N)
@@ -124,17 +127,17 @@ class KGEScorer(torch.nn.Module):
             parts.append(s.view(e.numel(), N))
         return torch.cat(parts) if parts else ent.new_zeros((B, N), dtype=torch.float32)
 
-    def _transe(self, ent: Tensor, r: Tensor, is_tail: bool) -> Tensor:
+    def _transe(self, ent: Tensor, r: Tensor, is_tail: bool, sl: slice) -> Tensor:
         kge, p = self.kge, self.kge.p_norm
-        E = F.normalize(kge.node_emb.weight, p=p, dim=-1)
-        q = E[ent] + kge.rel_emb(r) if is_tail else E[ent] - kge.rel_emb(r)
-        return -torch.cdist(q, E, p=p)
+        e = F.normalize(kge.node_emb(ent), p=p, dim=-1)
+        q = e + kge.rel_emb(r) if is_tail else e - kge.rel_emb(r)
+        return -torch.cdist(q, F.normalize(kge.node_emb.weight[sl], p=p, dim=-1), p=p)
 
-    def _distmult(self, ent: Tensor, r: Tensor, is_tail: bool) -> Tensor:
+    def _distmult(self, ent: Tensor, r: Tensor, is_tail: bool, sl: slice) -> Tensor:
         kge = self.kge
-        return (kge.node_emb(ent) * kge.rel_emb(r)) @ kge.node_emb.weight.t()
+        return (kge.node_emb(ent) * kge.rel_emb(r)) @ kge.node_emb.weight[sl].t()
 
-    def _complex(self, ent: Tensor, r: Tensor, is_tail: bool) -> Tensor:
+    def _complex(self, ent: Tensor, r: Tensor, is_tail: bool, sl: slice) -> Tensor:
         kge = self.kge
         e_re, e_im = kge.node_emb(ent), kge.node_emb_im(ent)
         r_re, r_im = kge.rel_emb(r), kge.rel_emb_im(r)
@@ -142,9 +145,9 @@ class KGEScorer(torch.nn.Module):
             a, b = e_re * r_re - e_im * r_im, e_im * r_re + e_re * r_im
         else:  # coefficients of h_re and h_im in phi(h, r, e)
             a, b = r_re * e_re + r_im * e_im, r_re * e_im - r_im * e_re
-        return a @ kge.node_emb.weight.t() + b @ kge.node_emb_im.weight.t()
+        return a @ kge.node_emb.weight[sl].t() + b @ kge.node_emb_im.weight[sl].t()
 
-    def _rotate(self, ent: Tensor, r: Tensor, is_tail: bool) -> Tensor:
+    def _rotate(self, ent: Tensor, r: Tensor, is_tail: bool, sl: slice) -> Tensor:
         kge = self.kge
         e_re, e_im = kge.node_emb(ent), kge.node_emb_im(ent)
         theta = kge.rel_emb(r)
@@ -153,7 +156,7 @@ class KGEScorer(torch.nn.Module):
             q_re, q_im = c * e_re - s * e_im, c * e_im + s * e_re
         else:  # t o conj(r): |h o r - t| = |h - t o conj(r)|
             q_re, q_im = c * e_re + s * e_im, c * e_im - s * e_re
-        table = torch.cat([kge.node_emb.weight, kge.node_emb_im.weight], dim=-1)
+        table = torch.cat([kge.node_emb.weight[sl], kge.node_emb_im.weight[sl]], dim=-1)
         return kge.margin - torch.cdist(torch.cat([q_re, q_im], dim=-1), table)
 
     # -- the training loop's interface -----------------------------------------------------
@@ -164,15 +167,16 @@ class KGEScorer(torch.nn.Module):
 
     @torch.no_grad()
     def predict(self, head: Tensor, rel: Tensor, modalities: Optional[List[str]] = None,
-                out: Optional[Tensor] = None) -> Tensor:
-        r"""Eval-mode scores ``[B, N]`` (written into ``out`` when given)."""
+                out: Optional[Tensor] = None, candidates: Optional[slice] = None) -> Tensor:
+        r"""Eval-mode scores ``[B, N]`` (written into ``out`` when given; ``[B, c1 - c0]``
+        for a :obj:`candidates` slice)."""
         if modalities is not None and list(modalities) != [STRUCTURE]:
             raise ValueError(f"{type(self.kge).__name__} scores the structure modality "
                              f"only; got modalities {list(modalities)}")
         was_training = self.training
         self.eval()
         try:
-            scores = self(head, rel)
+            scores = self(head, rel, candidates)
         finally:
             self.train(was_training)
         if out is None:

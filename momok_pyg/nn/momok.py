@@ -386,19 +386,22 @@ class MoMoK(torch.nn.Module):
     @torch.no_grad()
     def predict(self, head: Tensor, rel: Tensor,
                 modalities: Optional[List[str]] = None,
-                out: Optional[Tensor] = None) -> Tensor:
+                out: Optional[Tensor] = None,
+                candidates: Optional[slice] = None) -> Tensor:
         r"""Eval-mode joint scores ``[B, N]`` of all tails for ``(head, rel, ?)`` (the
         training flag is restored afterwards). Use :meth:`cached_entities` around a whole
         evaluation pass to compute the all-entity part once. ``out``: an optional float32
         ``[B, N]`` tensor the scores are written into (see
-        :meth:`~momok_pyg.nn.MuJoD.aggregate_queries`)."""
+        :meth:`~momok_pyg.nn.MuJoD.aggregate_queries`). ``candidates``: a slice of entity
+        ids to score instead of all (``[B, c1 - c0]``; chunked evaluation)."""
         was_training = self.training
         self.eval()
         try:
             modalities = self.mujod.check_modalities(modalities)
             st, heads = self._queries(head, rel)[:2]
             q = self.mujod.queries(heads, rel, st.mats)[0]
-            return self.mujod.aggregate_queries(q, st.cand, modalities, st.concat, out)
+            return self.mujod.aggregate_queries(q, st.cand, modalities, st.concat, out,
+                                                candidates)
         finally:
             self.train(was_training)
 

@@ -264,17 +264,21 @@ class MuJoD(torch.nn.Module):
     def aggregate_queries(self, q: Mapping[str, Tensor], candidates: Mapping[str, Tensor],
                           modalities: Optional[Sequence[str]] = None,
                           concat: Optional[Dict[tuple, Tensor]] = None,
-                          out: Optional[Tensor] = None) -> Tensor:
+                          out: Optional[Tensor] = None,
+                          candidate_slice: Optional[slice] = None) -> Tensor:
         r"""The joint decision ``[B, N]`` straight from queries and candidates. For
         ``aggregate="sum"``, :math:`\sum_m \mathbf{q}_m \mathbf{E}_m^\top` is one matmul of
         the concatenated queries and candidates (same FLOPs, no per-modality ``[B, N]``
         tensors). ``concat`` is an optional memo of concatenated candidate tables, keyed by
         the modality tuple. ``out`` is an optional float32 ``[B, N]`` tensor to write the
         decision into (and return): an evaluation loop reusing one buffer saves a fresh
-        ``[B, N]`` allocation, i.e. its page faults, per batch."""
+        ``[B, N]`` allocation, i.e. its page faults, per batch. ``candidate_slice`` scores only
+        the candidates of that slice (``[B, c1 - c0]``, views of the tables, no copy)."""
         modalities = self.check_modalities(modalities)
         first = q[modalities[0]]
-        check_out_buffer(out, (first.size(0), candidates[modalities[0]].size(0)), first.device)
+        sl = candidate_slice if candidate_slice is not None else slice(None)
+        rows = candidates[modalities[0]][sl].size(0)
+        check_out_buffer(out, (first.size(0), rows), first.device)
         if self.aggregate_type == "sum":
             qs = torch.cat([q[m] for m in modalities], dim=1)
             key = tuple(modalities)
@@ -283,8 +287,9 @@ class MuJoD(torch.nn.Module):
                 cs = torch.cat([candidates[m] for m in modalities], dim=1)
                 if concat is not None:
                     concat[key] = cs
-            return product_into(qs, cs.t(), out)[0]
-        scores = self.aggregate({m: q[m] @ candidates[m].t() for m in modalities}, modalities)
+            return product_into(qs, cs[sl].t(), out)[0]
+        scores = self.aggregate({m: q[m] @ candidates[m][sl].t() for m in modalities},
+                                modalities)
         return scores if out is None else out.copy_(scores)
 
     def loss(self, scores: Mapping[str, Tensor], target: Tensor) -> Tensor:

@@ -141,6 +141,9 @@ class TrainConfig:
     eval_every: int = 1
     patience: int = 5
     eval_batch_size: int = 1024
+    #: rank the candidates in chunks of this many entities (peak memory bounded by
+    #: ``eval_batch_size`` times the chunk instead of :math:`N`; same ranks); ``None``: all
+    eval_candidate_chunk: Optional[int] = None
     tie: str = "realistic"
     #: the valid MRR that selects the checkpoint: ``"valid"`` (all valid triples) or
     #: ``"valid_not_in_train"`` (the valid triples that are not also training triples; on
@@ -174,6 +177,9 @@ class TrainConfig:
         for name in ("dim", "num_experts", "batch_size", "eval_every", "eval_batch_size"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.eval_candidate_chunk is not None and self.eval_candidate_chunk <= 0:
+            raise ValueError(f"eval_candidate_chunk must be positive or None, got "
+                             f"{self.eval_candidate_chunk!r}")
         if self.epochs < 0 or self.patience < 0:
             raise ValueError("epochs and patience must be >= 0")
         if self.lr < 0 or self.lambda_club < 0:

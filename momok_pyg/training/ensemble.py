@@ -82,6 +82,8 @@ class EnsembleScorer(torch.nn.Module):
 
     @torch.no_grad()
     def predict(self, head: Tensor, rel: Tensor,
-                modalities: Optional[Sequence[str]] = None) -> Tensor:
+                modalities: Optional[Sequence[str]] = None,
+                candidates: Optional[slice] = None) -> Tensor:
         names = self._select(modalities)
-        return torch.stack([self.members[m].predict(head, rel) for m in names], 0).sum(0)
+        return torch.stack([self.members[m].predict(head, rel, candidates=candidates)
+                            for m in names], 0).sum(0)

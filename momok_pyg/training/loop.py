@@ -165,7 +165,9 @@ def scorer(model: torch.nn.Module, modalities: Optional[Sequence[str]] = None,
     buffer: List[Optional[Tensor]] = [None]
     reuse_output = reuse_output and "out" in inspect.signature(model.predict).parameters
 
-    def score_fn(head: Tensor, rel: Tensor) -> Tensor:
+    def score_fn(head: Tensor, rel: Tensor, candidates: Optional[slice] = None) -> Tensor:
+        if candidates is not None:  # a chunk of the candidates (bounded-memory evaluation)
+            return model.predict(head, rel, modalities=mods, candidates=candidates).float()
         if not reuse_output:
             return model.predict(head, rel, modalities=mods).float()
         buf = buffer[0]
@@ -194,7 +196,8 @@ def _evaluate(model, data, split, config, filter_index, modalities=None, breakdo
                                            split=split, batch_size=config.eval_batch_size,
                                            filter_index=filter_index, tie=config.tie,
                                            breakdowns=breakdowns, progress=progress,
-                                           subsets=subsets, device=_model_device(model))
+                                           subsets=subsets, device=_model_device(model),
+                                           candidate_chunk=config.eval_candidate_chunk)
     finally:
         model.train(was_training)
     return _jsonable(out)
