@@ -94,6 +94,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--lambda", dest="lambda_club", type=float, default=None,
                    help="weight of ExID's mutual-information upper bound (default 1e-4)")
     o.add_argument("--weight-decay", type=float, default=None)
+    o.add_argument("--negatives", type=int, default=None, metavar="K",
+                   help="sampled-candidate training: each batch against its answers and K "
+                        "shared uniform negatives (log-Q corrected softmax); default: 1-N")
     o.add_argument("--q-views", choices=("forward", "updated"), default=None,
                    help="views for ExID's Q step: the step's own forward pass (default) or "
                         "recomputed after the model's update (the official train.py)")

@@ -26,7 +26,7 @@ in both directions, instead of PyG's negative-sampling ``loss()``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Type
+from typing import Any, Callable, Dict, List, Optional, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +89,8 @@ class KGEScorer(torch.nn.Module):
         self.kge.reset_parameters()
 
     # -- scoring -------------------------------------------------------------------------
-    def forward(self, ent: Tensor, rel: Tensor, candidates: Optional[slice] = None) -> Tensor:
+    def forward(self, ent: Tensor, rel: Tensor,
+                candidates: Optional[Union[slice, Tensor]] = None) -> Tensor:
         r"""Scores ``[B, N]`` of all candidates for the queries ``(ent, rel, ?)``,
         :math:`rel \in [0, 2R)`; with a :obj:`candidates` slice only those (``[B, c1 - c0]``,
         computed from the slice of the entity table alone)."""
@@ -108,7 +109,8 @@ class KGEScorer(torch.nn.Module):
                 parts.append((idx, fn(ent[idx], r, is_tail, cand).float()))
         if len(parts) == 1:
             return parts[0][1]
-        width = len(range(self.num_entities)[cand])
+        width = (cand.numel() if isinstance(cand, Tensor)
+                 else len(range(self.num_entities)[cand]))
         out = ent.new_zeros((ent.numel(), width), dtype=torch.float32)
         for idx, scores in parts:  # out of place: differentiable in the scores
             out = out.index_put((idx, ), scores)
@@ -163,6 +165,18 @@ class KGEScorer(torch.nn.Module):
     def forward_loss(self, ent: Tensor, rel: Tensor, target: Tensor) -> MoMoKLoss:
         r"""The 1-N loss of the queries against the multi-hot ``target`` ``[B, N]``."""
         loss = one_to_n_loss(self(ent, rel), target, self.loss_kind, self.label_smoothing)
+        return MoMoKLoss(loss, {}, {}, None)
+
+    def forward_loss_sampled(self, ent: Tensor, rel: Tensor, target: Tensor,
+                             candidates: Tensor, logit_shift: Optional[Tensor] = None
+                             ) -> MoMoKLoss:
+        r"""The loss against the candidate subset :obj:`candidates` ``[C]`` (target
+        ``[B, C]``, optional per-candidate ``logit_shift``), see
+        :func:`momok_pyg.training.batching.sample_candidates`."""
+        scores = self(ent, rel, candidates)
+        if logit_shift is not None:
+            scores = scores + logit_shift.to(scores)
+        loss = one_to_n_loss(scores, target, self.loss_kind, self.label_smoothing)
         return MoMoKLoss(loss, {}, {}, None)
 
     @torch.no_grad()

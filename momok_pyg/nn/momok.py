@@ -253,10 +253,13 @@ class MoMoK(torch.nn.Module):
     def _param_versions(self) -> tuple:
         return tuple(p._version for p in self.kgc_parameters())
 
-    def _compute_state(self) -> _EntityState:
+    def _compute_state(self, index: Optional[Tensor] = None) -> _EntityState:
+        # all entities, or only the rows `index` (sampled-candidate training)
         st = _EntityState()
         for m in self.expert_modalities:
             x = self.inputs[m]()
+            if index is not None:
+                x = x.index_select(0, index)
             st.raw[m] = x
             if self.experts is None:
                 st.cand[m] = x
@@ -371,6 +374,24 @@ class MoMoK(torch.nn.Module):
         ``[B, N]`` tensor for backward (see :meth:`MuJoD.forward_loss`)."""
         st, heads, views, gates = self._queries(head, rel)
         loss, weights = self.mujod.forward_loss(heads, rel, st.cand, target)
+        return MoMoKLoss(loss, views, gates, weights)
+
+    def forward_loss_sampled(self, head: Tensor, rel: Tensor, target: Tensor,
+                             candidates: Tensor, logit_shift: Optional[Tensor] = None
+                             ) -> MoMoKLoss:
+        r"""The training step against a candidate subset: :obj:`candidates` ``[C]`` entity
+        ids, :obj:`target` ``[B, C]`` multi-hot over them, :obj:`logit_shift` ``[C]`` added to
+        every modality's logits (the sampling correction, see
+        :func:`momok_pyg.training.batching.sample_candidates`). Experts, gates and the joint
+        fusion run on the heads and candidates only, so a step costs :math:`O(B + C)`
+        entity rows instead of :math:`O(N)`."""
+        self._check_ids(head, rel)
+        index, inverse = torch.unique(torch.cat([head, candidates]), return_inverse=True)
+        st = self._compute_state(index)
+        heads, views, gates = self._heads(inverse[:head.numel()], rel, st)
+        pos = inverse[head.numel():]
+        cand = {m: c.index_select(0, pos) for m, c in st.cand.items()}
+        loss, weights = self.mujod.forward_loss(heads, rel, cand, target, logit_shift)
         return MoMoKLoss(loss, views, gates, weights)
 
     def kgc_loss(self, scores: Mapping[str, Tensor], target: Tensor) -> Tensor:

@@ -236,13 +236,22 @@ class MuJoD(torch.nn.Module):
         return {m: q[m] @ candidates[m].t() for m in self.score_modalities}, weights
 
     def forward_loss(self, heads: Mapping[str, Tensor], rel: Tensor,
-                     candidates: Mapping[str, Tensor], target: Tensor
+                     candidates: Mapping[str, Tensor], target: Tensor,
+                     logit_shift: Optional[Tensor] = None
                      ) -> Tuple[Tensor, Optional[Tensor]]:
         r"""``(loss(forward(heads, rel, candidates)[0], target), weights)`` with the same
         value and gradients, but no ``[B, N]`` score tensor kept for backward (each
         modality's scores, loss and score gradient live only inside
-        :func:`~momok_pyg.nn.loss.linear_one_to_n_loss`). The training step's path."""
+        :func:`~momok_pyg.nn.loss.linear_one_to_n_loss`). The training step's path.
+        ``logit_shift`` ``[N]`` (optional) is added to every modality's logits, as one more
+        column of the product (a constant 1 in the queries, the shift in the candidates)."""
         q, weights = self.queries(heads, rel)
+        if logit_shift is not None:
+            ones = next(iter(q.values())).new_ones(next(iter(q.values())).size(0), 1)
+            shift = logit_shift.to(ones.dtype).unsqueeze(1)
+            q = {m: torch.cat([v, ones.to(v.dtype)], 1) for m, v in q.items()}
+            candidates = {m: torch.cat([c, shift.to(c.dtype)], 1)
+                          for m, c in candidates.items()}
         # one [B, N] scratch buffer for all modalities' scores and score gradients
         first = q[self.score_modalities[0]]
         scratch = torch.empty(first.size(0), candidates[self.score_modalities[0]].size(0),

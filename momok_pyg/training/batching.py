@@ -17,10 +17,46 @@ or, on request, a dense one.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+
+def sample_candidates(answers: Tensor, num_entities: int, num_negatives: int,
+                      generator: Optional[torch.Generator] = None
+                      ) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""The candidate set of one batch in sampled-candidate training, shared by its queries.
+
+    The candidates are the union :math:`A` of the batch's answers and :math:`k` entities
+    drawn uniformly *without replacement* from all :math:`N`. An entity outside :math:`A` is
+    a candidate with probability :math:`k / N`, one in :math:`A` always, so the softmax over
+    the candidates with the logits of sampled entities shifted by :math:`\log(N / k)`,
+
+    .. math::
+        \tilde{s}_e = s_e + [e \notin A] \log\frac{N}{k},
+
+    estimates the full softmax's normaliser without bias (each sampled term stands for
+    :math:`N / k` entities: the usual log-Q correction of sampled softmax for a uniform
+    proposal). With :math:`k \ge N` every entity is a candidate and no shift is applied.
+
+    Returns:
+        ``(candidates [C], logit_shift [C], position [len(answers)])``: the sorted candidate
+        ids, the shift of each, and the column of each answer among the candidates.
+    """
+    if num_negatives <= 0:
+        raise ValueError(f"num_negatives must be positive, got {num_negatives}")
+    union = torch.unique(answers)
+    if num_negatives >= num_entities:
+        cand = torch.arange(num_entities)
+        shift = torch.zeros(num_entities)
+    else:
+        drawn = torch.randperm(num_entities, generator=generator)[:num_negatives]
+        cand = torch.unique(torch.cat([union, drawn]))
+        shift = torch.where(torch.isin(cand, union), 0.0,
+                            math.log(num_entities / num_negatives))
+    return cand, shift, torch.searchsorted(cand, answers)
 
 
 class OneToNQueries:
@@ -94,6 +130,18 @@ class OneToNQueries:
                                        torch.ones(row.numel(), dtype=dtype),
                                        (index.numel(), self.num_entities), is_coalesced=True,
                                        check_invariants=False)  # sorted, unique by construction
+
+    def sampled_target(self, index: Tensor, num_negatives: int,
+                       generator: Optional[torch.Generator] = None
+                       ) -> Tuple[Tensor, Tensor, Tensor]:
+        r"""``(candidates [C], target [B, C] sparse, logit_shift [C])`` of the queries
+        :obj:`index` for sampled-candidate training (:func:`sample_candidates`)."""
+        row, col = self.answers(index)
+        cand, shift, pos = sample_candidates(col, self.num_entities, num_negatives, generator)
+        target = torch.sparse_coo_tensor(torch.stack([row, pos]), torch.ones(row.numel()),
+                                         (index.numel(), cand.numel()),
+                                         check_invariants=False).coalesce()
+        return cand, target, shift
 
     def lookup(self, entity: Tensor, relation: Tensor) -> Tensor:
         r"""Query ids of ``(entity, relation)`` pairs, ``-1`` where the pair is no training

@@ -126,6 +126,10 @@ class TrainConfig:
     batch_size: int = 1024
     epochs: int = 40
     lambda_club: float = 1e-4
+    #: sampled-candidate training: score each batch against the union of its answers and
+    #: this many uniformly drawn entities, with the log-Q shift
+    #: (:func:`~momok_pyg.training.batching.sample_candidates`); ``None``: 1-N over all
+    negatives: Optional[int] = None
     weight_decay: float = 0.0
     #: the expert views ExID's :math:`Q_\theta` step learns from: ``"forward"`` (the training
     #: step's own forward pass, before the model's update) or ``"updated"`` (recomputed for
@@ -177,6 +181,10 @@ class TrainConfig:
         for name in ("dim", "num_experts", "batch_size", "eval_every", "eval_batch_size"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.negatives is not None and (self.negatives <= 0 or self.loss != "ce"):
+            raise ValueError(f"negatives must be a positive count and needs loss='ce' (the "
+                             f"sampled softmax), got negatives={self.negatives!r}, "
+                             f"loss={self.loss!r}")
         if self.eval_candidate_chunk is not None and self.eval_candidate_chunk <= 0:
             raise ValueError(f"eval_candidate_chunk must be positive or None, got "
                              f"{self.eval_candidate_chunk!r}")
@@ -268,7 +276,7 @@ class TrainConfig:
                    "num_experts", "loss", "label_smoothing", "aggregate", "model_kwargs",
                    "rel_temperature", "noise", "fusion", "joint", "exid", "member", "lr",
                    "structure_encoder",
-                   "batch_size",
+                   "batch_size", "negatives",
                    "lambda_club", "weight_decay", "lr_decay", "seed", "eval_every", "q_views",
                    "eval_modalities", "tie", "select_on", "track_test")
 

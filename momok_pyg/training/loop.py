@@ -280,11 +280,18 @@ def _train_epoch(model: torch.nn.Module, queries: OneToNQueries,
     bar = tqdm(total=queries.num_batches(config.batch_size), desc=f"epoch {epoch}",
                disable=not progress, leave=False, dynamic_ncols=True)
     for ent, rel, idx in queries.batches(config.batch_size, gen):
-        target = queries.sparse_target(idx)
+        if config.negatives is None:
+            target = queries.sparse_target(idx)
+        else:
+            cand, target, shift = queries.sampled_target(idx, config.negatives, gen)
         if device.type != "cpu":
             ent, rel = ent.to(device, non_blocking=True), rel.to(device, non_blocking=True)
         with autocast:
-            out = model.forward_loss(ent, rel, target)
+            if config.negatives is None:
+                out = model.forward_loss(ent, rel, target)
+            else:
+                out = model.forward_loss_sampled(ent, rel, target, cand.to(device),
+                                                 shift.to(device))
             loss = out.loss
             upper = None
             if exid is not None and config.lambda_club > 0:
