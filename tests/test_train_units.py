@@ -136,8 +136,8 @@ def test_config_round_trip_presets_and_validation(tmp_path):
     assert cfg.resume_mismatch(TrainConfig.for_dataset("MKG-Y", dim=8)) == ["features", "dim",
                                                                            "exid",
                                                                            "eval_modalities"]
-    with pytest.raises(ValueError, match="model"):
-        TrainConfig(model="transe")
+    with pytest.raises(ValueError, match="model must be one of .*'rotate'.*got 'transh'"):
+        TrainConfig(model="transh")
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
     (tmp_path / "bad.json").write_text(json.dumps({"dim": 8, "colour": "red"}))

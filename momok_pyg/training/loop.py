@@ -266,55 +266,70 @@ def train_epoch(model: torch.nn.Module, queries: OneToNQueries, optimizer: torch
         scratch.release()
 
 
+def train_step(model: torch.nn.Module, queries: OneToNQueries, ent: Tensor, rel: Tensor,
+               idx: Tensor, optimizer: torch.optim.Optimizer,
+               q_optimizer: Optional[torch.optim.Optimizer], config: TrainConfig,
+               generator: Optional[torch.Generator] = None) -> Dict[str, float]:
+    r"""One optimisation step on the queries ``idx`` of :obj:`queries` (entities ``ent``,
+    relations ``rel``): the KGC loss (1-N, or against sampled candidates drawn from
+    :obj:`generator` with ``config.negatives``) plus :math:`\lambda` times ExID's upper bound,
+    one Adam step, then one step of the :math:`Q_\theta` networks. Returns the step's
+    ``{"loss", "mi_upper", "q_loss"}``."""
+    exid = getattr(model, "exid", None)
+    device = _model_device(model)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else
+                contextlib.nullcontext())
+    if config.negatives is None:
+        target = queries.sparse_target(idx)
+    else:
+        cand, target, shift = queries.sampled_target(idx, config.negatives, generator)
+    if device.type != "cpu":
+        ent, rel = ent.to(device, non_blocking=True), rel.to(device, non_blocking=True)
+    with autocast:
+        if config.negatives is None:
+            out = model.forward_loss(ent, rel, target)
+        else:
+            out = model.forward_loss_sampled(ent, rel, target, cand.to(device),
+                                             shift.to(device))
+        loss = out.loss
+        upper = None
+        if exid is not None and config.lambda_club > 0:
+            upper = exid.upper_bound({m: v.float() for m, v in out.views.items()})
+    total = loss + config.lambda_club * upper if upper is not None else loss
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    q_value = 0.0
+    if exid is not None and q_optimizer is not None:
+        if config.q_views == "updated":  # the official timing: after the model's step
+            views = model.head_views(ent)
+        else:
+            views = {m: v.detach().float() for m, v in out.views.items()}
+        q_optimizer.zero_grad(set_to_none=True)
+        q_loss = exid.learning_loss(views)
+        q_loss.backward()
+        q_optimizer.step()
+        q_value = float(q_loss.detach())
+    return {"loss": float(loss.detach()), "q_loss": q_value,
+            "mi_upper": float(upper.detach()) if upper is not None else 0.0}
+
+
 def _train_epoch(model: torch.nn.Module, queries: OneToNQueries,
                  optimizer: torch.optim.Optimizer, q_optimizer: Optional[torch.optim.Optimizer],
                  config: TrainConfig, epoch: int, progress: bool) -> Dict[str, float]:
     model.train()
-    exid = getattr(model, "exid", None)
     gen = epoch_generator(config.seed, epoch)
-    device = _model_device(model)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else
-                contextlib.nullcontext())
     sums = {"loss": 0.0, "mi_upper": 0.0, "q_loss": 0.0}
     n = 0
     bar = tqdm(total=queries.num_batches(config.batch_size), desc=f"epoch {epoch}",
                disable=not progress, leave=False, dynamic_ncols=True)
     for ent, rel, idx in queries.batches(config.batch_size, gen):
-        if config.negatives is None:
-            target = queries.sparse_target(idx)
-        else:
-            cand, target, shift = queries.sampled_target(idx, config.negatives, gen)
-        if device.type != "cpu":
-            ent, rel = ent.to(device, non_blocking=True), rel.to(device, non_blocking=True)
-        with autocast:
-            if config.negatives is None:
-                out = model.forward_loss(ent, rel, target)
-            else:
-                out = model.forward_loss_sampled(ent, rel, target, cand.to(device),
-                                                 shift.to(device))
-            loss = out.loss
-            upper = None
-            if exid is not None and config.lambda_club > 0:
-                upper = exid.upper_bound({m: v.float() for m, v in out.views.items()})
-        total = loss + config.lambda_club * upper if upper is not None else loss
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        if exid is not None and q_optimizer is not None:
-            if config.q_views == "updated":  # the official timing: after the model's step
-                views = model.head_views(ent)
-            else:
-                views = {m: v.detach().float() for m, v in out.views.items()}
-            q_optimizer.zero_grad(set_to_none=True)
-            q_loss = exid.learning_loss(views)
-            q_loss.backward()
-            q_optimizer.step()
-            sums["q_loss"] += float(q_loss.detach())
-        sums["loss"] += float(loss.detach())
-        sums["mi_upper"] += float(upper.detach()) if upper is not None else 0.0
+        step = train_step(model, queries, ent, rel, idx, optimizer, q_optimizer, config, gen)
+        for k, v in step.items():
+            sums[k] += v
         n += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        bar.set_postfix(loss=f"{step['loss']:.4f}")
     bar.close()
     if not math.isfinite(sums["loss"]):
         raise FloatingPointError(f"epoch {epoch}: the training loss is not finite "
