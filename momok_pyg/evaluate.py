@@ -8,7 +8,7 @@ filtered ranks defined in :mod:`momok_pyg.metrics` (filter = train :math:`\cup` 
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -16,6 +16,9 @@ from tqdm.auto import tqdm
 
 from momok_pyg.datasets.schema import ENTITY, get_triples
 from momok_pyg.metrics import TIES, FilteredRankMetric, FilterIndex, rank_metrics
+
+if TYPE_CHECKING:
+    from torch_geometric.data import HeteroData
 
 __all__ = [
     "FilterIndex", "FilteredRankMetric", "query_tensors", "distinct_queries",
@@ -65,7 +68,7 @@ def distinct_queries(head: Tensor, rel: Tensor,
     return unique % num_entities, unique // num_entities, inverse
 
 
-def unseen_entity_mask(data, split: str = "test") -> Tensor:
+def unseen_entity_mask(data: HeteroData, split: str = "test") -> Tensor:
     r"""Bool ``[E]`` over the triples of :obj:`split`: ``True`` where the head or the tail
     appears in no training triple."""
     seen = torch.zeros(data[ENTITY].num_nodes, dtype=torch.bool)
@@ -76,7 +79,7 @@ def unseen_entity_mask(data, split: str = "test") -> Tensor:
     return ~seen[triples[:, 0]] | ~seen[triples[:, 2]]
 
 
-def in_train_mask(data, split: str = "valid") -> Tensor:
+def in_train_mask(data: HeteroData, split: str = "valid") -> Tensor:
     r"""Bool ``[E]`` over the triples of :obj:`split`: ``True`` where the same
     :math:`(h, r, t)` is also a training triple.
 
@@ -134,7 +137,7 @@ def _module_of(score_fn: Callable) -> Optional[torch.nn.Module]:
 @torch.no_grad()
 def evaluate_link_prediction(
     score_fn: Callable[[Tensor, Tensor], Tensor],
-    data,
+    data: HeteroData,
     split: str = "test",
     batch_size: int = 1024,
     filter_index: Optional[FilterIndex] = None,

@@ -23,12 +23,15 @@ import dataclasses
 import difflib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
 from momok_pyg.datasets.schema import ENTITY, get_triples
 from momok_pyg.training.batching import OneToNQueries
+
+if TYPE_CHECKING:
+    from torch_geometric.data import HeteroData
 
 Ref = Union[int, str]
 
@@ -70,7 +73,7 @@ class Predictor:
         modalities (Sequence[str], optional): Modalities whose scores are aggregated to rank
             (default: all of the model's, like ``model.predict``).
     """
-    def __init__(self, model: torch.nn.Module, data,
+    def __init__(self, model: torch.nn.Module, data: HeteroData,
                  modalities: Optional[Sequence[str]] = None) -> None:
         self.model = model.eval()
         self.data = data
@@ -84,7 +87,7 @@ class Predictor:
                                     self.num_relations)
 
     @classmethod
-    def from_run(cls, run_dir: Union[str, os.PathLike], data=None,
+    def from_run(cls, run_dir: Union[str, os.PathLike], data: Optional[HeteroData] = None,
                  modalities: Optional[Sequence[str]] = None) -> "Predictor":
         r"""The predictor of the best-valid checkpoint of a run directory."""
         from momok_pyg.training import load_model

@@ -15,7 +15,7 @@ filtered MRR of every modality's own score and the modality that scores it best.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 import torch
 from torch import Tensor
@@ -23,9 +23,16 @@ from torch import Tensor
 from momok_pyg.datasets.schema import get_triples
 from momok_pyg.evaluate import query_tensors
 
+if TYPE_CHECKING:
+    from os import PathLike as _OsPathLike
+
+    from torch_geometric.data import HeteroData
+
+    PathLike = Union[str, _OsPathLike]
+
 
 @torch.no_grad()
-def gate_statistics(model: torch.nn.Module, data, split: str = "test",
+def gate_statistics(model: torch.nn.Module, data: HeteroData, split: str = "test",
                     batch_size: int = 1024) -> Dict[str, Any]:
     r"""Mean expert gates and joint entity-fusion weights of the queries of each relation.
 
@@ -79,7 +86,7 @@ def relation_fusion_weights(model: torch.nn.Module) -> Optional[List[List[float]
         return mujod.relation_fusion(tables)[1].double().tolist()
 
 
-def gate_report(run_dir, split: str = "test") -> Dict[str, Any]:
+def gate_report(run_dir: PathLike, split: str = "test") -> Dict[str, Any]:
     r"""Everything :mod:`momok_pyg.report` plots for Fig. 5 / Table 4, from the best
     checkpoint of a MoMoK run directory: :func:`gate_statistics`, the relation fusion
     weights, and per relation the MRR of each modality's own score and the best modality."""

@@ -23,10 +23,13 @@ order of ties, which is what the upstream code estimates by random tie breaking)
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch_geometric.data import HeteroData
 
 TIES = ("realistic", "optimistic", "pessimistic")
 _CPU_BLOCK = 2**21  # score entries per block of rows ranked at once on CPU (8 MB float32)
@@ -72,7 +75,8 @@ class FilterIndex:
         self.col: Tensor = code % num_entities
 
     @classmethod
-    def from_data(cls, data, splits: Sequence[str] = ("train", "valid", "test")) -> "FilterIndex":
+    def from_data(cls, data: HeteroData, splits: Sequence[str] = ("train", "valid", "test")
+                  ) -> "FilterIndex":
         r"""Filter of all triples of :obj:`splits` of an MMKG :class:`HeteroData`."""
         from momok_pyg.datasets.schema import ENTITY, get_triples
         triples = torch.cat([get_triples(data, s) for s in splits], dim=0)

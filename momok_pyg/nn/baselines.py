@@ -1,12 +1,15 @@
 r"""Baselines built from the MoMoK machinery."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .momok import MoMoK
+
+if TYPE_CHECKING:
+    from torch_geometric.data import HeteroData
 
 
 class TuckER(MoMoK):
@@ -42,7 +45,7 @@ class TuckER(MoMoK):
                          structure_encoder=structure_encoder, structure_graph=structure_graph)
 
     @classmethod
-    def from_data(cls, data, **kwargs) -> "TuckER":
+    def from_data(cls, data: HeteroData, **kwargs) -> "TuckER":
         r"""Builds the baseline for an MMKG (its feature modalities are ignored)."""
         if kwargs.get("structure_encoder") is not None and "structure_graph" not in kwargs:
             store = data["entity", "relation", "entity"]

@@ -26,7 +26,7 @@ in both directions, instead of PyG's negative-sampling ``loss()``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Type, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,9 @@ from torch_geometric.nn.kge import ComplEx, DistMult, KGEModel, RotatE, TransE
 
 from .loss import check_out_buffer, one_to_n_loss
 from .momok import MoMoKLoss
+
+if TYPE_CHECKING:
+    from torch_geometric.data import HeteroData
 
 #: ``TrainConfig.model`` / ``--model`` names of the PyG KGE models
 KGE_MODELS: Dict[str, Type[KGEModel]] = {"transe": TransE, "distmult": DistMult,
@@ -72,7 +75,7 @@ class KGEScorer(torch.nn.Module):
             RotatE: self._rotate}.get(type(kge))
 
     @classmethod
-    def from_data(cls, data, model: str = "transe", dim: int = 200, loss: str = "ce",
+    def from_data(cls, data: HeteroData, model: str = "transe", dim: int = 200, loss: str = "ce",
                   label_smoothing: Optional[float] = None, **kge_kwargs: Any) -> "KGEScorer":
         r"""The PyG model :obj:`model` (a key of :data:`KGE_MODELS`) with ``hidden_channels =
         dim`` for an MMKG (its feature modalities are ignored); :obj:`kge_kwargs` go to the

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -14,6 +14,9 @@ from .exid import ExID
 from .mujod import JOINT, MuJoD
 from .remoke import RelationTemperature, ReMoKE
 from .tables import ModalityTable, StructureTable, preprocess_features
+
+if TYPE_CHECKING:
+    from torch_geometric.data import HeteroData
 
 
 class MoMoKOutput(NamedTuple):
@@ -221,7 +224,7 @@ class MoMoK(torch.nn.Module):
         self._cache: Optional[Tuple[tuple, _EntityState]] = None
 
     @classmethod
-    def from_data(cls, data, **kwargs) -> "MoMoK":
+    def from_data(cls, data: HeteroData, **kwargs) -> "MoMoK":
         r"""Builds the model for one MMKG :class:`~torch_geometric.data.HeteroData`
         (see :mod:`momok_pyg.datasets.schema`); ``kwargs`` go to the constructor."""
         if kwargs.get("structure_encoder") is not None and "structure_graph" not in kwargs:

@@ -34,7 +34,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -58,6 +58,9 @@ from .config import SYNTHETIC, TrainConfig
 from .device import device_info, peak_memory_mb, reset_peak_memory, resolve_device
 from .memory import mmap_threshold_while
 from .optim import BackwardAdam
+
+if TYPE_CHECKING:
+    from torch_geometric.data import HeteroData
 
 PathLike = Union[str, os.PathLike]
 CONFIG, METRICS, LAST, BEST = "config.json", "metrics.json", "last.pt", "best.pt"
@@ -86,7 +89,7 @@ def load_data(config: TrainConfig):
     return data
 
 
-def usable_modalities(data) -> List[str]:
+def usable_modalities(data: HeteroData) -> List[str]:
     r"""The feature modalities of :obj:`data` that at least one entity has (e.g. MKG-W's
     name-derived text is missing for every entity: its names are bare Wikidata ids)."""
     out = []
@@ -100,12 +103,12 @@ def usable_modalities(data) -> List[str]:
     return out
 
 
-def member_names(config: TrainConfig, data) -> List[str]:
+def member_names(config: TrainConfig, data: HeteroData) -> List[str]:
     r"""The single-modality models of the "w/o joint training" ablation."""
     return [STRUCTURE] + usable_modalities(data)
 
 
-def build_model(config: TrainConfig, data) -> torch.nn.Module:
+def build_model(config: TrainConfig, data: HeteroData) -> torch.nn.Module:
     r"""A freshly initialised model for :obj:`config` (seeded by ``config.seed``).
 
     With ``config.member`` set, the single-modality MoMoK of that modality (one model of the
@@ -184,7 +187,8 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _evaluate(model, data, split, config, filter_index, modalities=None, breakdowns=False,
+def _evaluate(model, data: HeteroData, split, config, filter_index, modalities=None,
+              breakdowns=False,
               progress=False, subsets=None) -> Dict[str, Any]:
     from momok_pyg.evaluate import evaluate_link_prediction
     was_training = model.training
@@ -414,7 +418,8 @@ def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bo
     return ckpt
 
 
-def fit(config: TrainConfig, out_dir: PathLike, data=None, resume: bool = True,
+def fit(config: TrainConfig, out_dir: PathLike, data: Optional[HeteroData] = None,
+        resume: bool = True,
         overwrite: bool = False, log: Optional[Callable[[str], None]] = None
         ) -> Dict[str, Any]:
     r"""Trains ONE model (MoMoK, TuckER or one single-modality member) in :obj:`out_dir`,
@@ -543,7 +548,7 @@ def _scalars(m: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in m.items() if not isinstance(v, (dict, list))}
 
 
-def _metrics(config, state, test, per_modality, final_eval, wall, model, queries, data,
+def _metrics(config, state, test, per_modality, final_eval, wall, model, queries, data: HeteroData,
              member) -> Dict[str, Any]:
     return {
         "dataset": getattr(data, "dataset_name", config.dataset),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -33,8 +33,12 @@ from .loop import (
     member_names,
 )
 
+if TYPE_CHECKING:
+    from torch_geometric.data import HeteroData
 
-def train(config: TrainConfig, out_dir: PathLike, data=None, resume: bool = True,
+
+def train(config: TrainConfig, out_dir: PathLike, data: Optional[HeteroData] = None,
+          resume: bool = True,
           overwrite: bool = False, log: Optional[Callable[[str], None]] = None
           ) -> Dict[str, Any]:
     r"""Trains, selects on valid and tests the model of :obj:`config` in the run directory
@@ -70,7 +74,7 @@ def _single(config: TrainConfig) -> bool:
     return config.joint or config.model != "momok" or config.member is not None
 
 
-def _train_ensemble(config: TrainConfig, out: Path, data, resume: bool, overwrite: bool,
+def _train_ensemble(config: TrainConfig, out: Path, data: HeteroData, resume: bool, overwrite: bool,
                     log) -> Dict[str, Any]:
     log = log or (lambda s: tqdm.write(s))
     wall0 = time.perf_counter()
@@ -127,7 +131,7 @@ def _train_ensemble(config: TrainConfig, out: Path, data, resume: bool, overwrit
 # ---------------------------------------------------------------------------------------------
 # loading a finished run
 # ---------------------------------------------------------------------------------------------
-def load_model(run_dir: PathLike, data=None, which: str = "best",
+def load_model(run_dir: PathLike, data: Optional[HeteroData] = None, which: str = "best",
                device: Optional[str] = None) -> Tuple[torch.nn.Module, Any, TrainConfig]:
     r"""``(model, data, config)`` of a run directory, the model in ``eval()`` mode with the
     weights of ``best.pt`` (or ``last.pt`` with ``which="last"``), on :obj:`device` (default:
@@ -160,7 +164,7 @@ def load_model(run_dir: PathLike, data=None, which: str = "best",
 
 
 def evaluate_run(run_dir: PathLike, split: str = "test",
-                 modalities: Optional[Sequence[str]] = None, data=None,
+                 modalities: Optional[Sequence[str]] = None, data: Optional[HeteroData] = None,
                  breakdowns: bool = True, which: str = "best",
                  progress: bool = False, device: Optional[str] = None) -> Dict[str, Any]:
     r"""Re-evaluates the checkpoint of a run on :obj:`split` (filtered, both directions)."""
