@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from momok_pyg.training.config import MODELS, PRESETS, TrainConfig
 
@@ -125,6 +127,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--device", default=None, metavar="auto|cpu|cuda[:i]",
                    help="where to train and evaluate (default auto: CUDA when available)")
+    r.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel processes (launches torchrun --nproc-per-node N; "
+                        "gloo on CPU, NCCL on GPU)")
     r.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (fix it for bitwise-reproducible runs)")
     r.add_argument("--bf16", action="store_true", default=None,
@@ -146,7 +151,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 _NOT_CONFIG = {"command", "out", "resume", "overwrite", "synthetic", "model_args", "func",
-               "encoder_args",
+               "encoder_args", "nproc", "argv",
                "config"}
 
 
@@ -191,11 +196,31 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
+def _without_nproc(argv: Sequence[str]) -> List[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from momok_pyg.training import train
     config = config_from_args(args)
+    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # N data-parallel processes through torchrun (momok_pyg.training.distributed)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", str(args.nproc), "-m", "momok_pyg.cli",
+               *_without_nproc(args.argv)]
+        return subprocess.run(cmd).returncode
     out = args.out or f"runs/{config.dataset}-{config.model}-seed{config.seed}"
     metrics = train(config, out, resume=args.resume, overwrite=args.overwrite)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     test = metrics["test"]
     print(json.dumps({"run": str(out), "best_epoch": metrics["best_epoch"],
                       "test": {k: test[k] for k in ("mrr", "mr", "hits@1", "hits@3", "hits@10")},
@@ -354,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     r"""Entry point of ``momok-pyg``; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
     if args.command is None:
         parser.print_help()
         return 2

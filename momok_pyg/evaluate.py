@@ -8,7 +8,7 @@ filtered ranks defined in :mod:`momok_pyg.metrics` (filter = train :math:`\cup` 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -149,6 +149,7 @@ def evaluate_link_prediction(
     return_ranks: bool = False,
     subsets: Optional[Dict[str, Tensor]] = None,
     candidate_chunk: Optional[int] = None,
+    shard: bool = False,
 ) -> Dict[str, object]:
     r"""Filtered link prediction on :obj:`split` of an MMKG, both directions.
 
@@ -183,6 +184,9 @@ def evaluate_link_prediction(
             ``model.predict``), so that peak memory is bounded by ``batch_size`` times the
             chunk, not by :math:`N` (:meth:`FilteredRankMetric.update_chunked`; each chunk
             is scored twice). Same ranks as without it.
+        shard (bool): In a :mod:`torch.distributed` process group, rank only every
+            ``world``-th batch of distinct queries here and gather the other ranks' (all
+            processes return the same result); ignored outside one.
 
     Returns:
         ``{"mrr", "mr", "hits@k"..., "count"}`` (``count`` = :math:`2E` queries), plus the
@@ -211,11 +215,18 @@ def evaluate_link_prediction(
     was_training = module.training if module is not None else False
     if module is not None:
         module.eval()
+    from momok_pyg.training import distributed
+    rank, world = (distributed.rank(), distributed.world()) if shard else (0, 1)
+    done: List[Tensor] = []  # the query positions ranked here, in order
     try:
         starts = range(0, head_u.numel(), batch_size)
-        for u0 in tqdm(starts, desc=f"rank {split}", disable=not progress, leave=False):
+        for b, u0 in enumerate(tqdm(starts, desc=f"rank {split}", disable=not progress,
+                                    leave=False)):
+            if b % world != rank:
+                continue
             u1 = min(u0 + batch_size, head_u.numel())
             idx = order[(ends[u0 - 1] if u0 else 0):ends[u1 - 1]]
+            done.append(idx)
             if candidate_chunk is None:
                 metric.update(score_fn(head_u[u0:u1], rel_u[u0:u1]), head[idx], rel[idx],
                               target[idx], row=inverse[idx] - u0)
@@ -228,9 +239,17 @@ def evaluate_link_prediction(
         if module is not None:
             module.train(was_training)
 
-    ranks = torch.empty_like(metric.ranks)
-    ranks[order] = metric.ranks  # back to the order of query_tensors
-    out: Dict[str, object] = dict(metric.compute())
+    local = metric.ranks
+    positions = torch.cat(done) if done else order[:0]
+    if world > 1:  # every rank gets every rank's ranks
+        import torch.distributed as dist
+        parts: List[object] = [None] * world
+        dist.all_gather_object(parts, (positions.cpu(), local.cpu()))
+        positions = torch.cat([p for p, _ in parts]).to(order.device)
+        local = torch.cat([r for _, r in parts]).to(order.device)
+    ranks = torch.empty(order.numel(), dtype=local.dtype, device=local.device)
+    ranks[positions.to(local.device)] = local  # back to the order of query_tensors
+    out: Dict[str, object] = dict(rank_metrics(ranks, metric.ks))
     if breakdowns:
         unseen = unseen_entity_mask(data, split).repeat(2)
         out.update(

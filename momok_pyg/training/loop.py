@@ -26,6 +26,7 @@ the learning rate is multiplied by it after every epoch (the original TuckER's s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import math
 import os
@@ -189,7 +190,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 def _evaluate(model, data: HeteroData, split, config, filter_index, modalities=None,
               breakdowns=False,
-              progress=False, subsets=None) -> Dict[str, Any]:
+              progress=False, subsets=None, shard: bool = False) -> Dict[str, Any]:
     from momok_pyg.evaluate import evaluate_link_prediction
     was_training = model.training
     model.eval()
@@ -201,7 +202,8 @@ def _evaluate(model, data: HeteroData, split, config, filter_index, modalities=N
                                            filter_index=filter_index, tie=config.tie,
                                            breakdowns=breakdowns, progress=progress,
                                            subsets=subsets, device=_model_device(model),
-                                           candidate_chunk=config.eval_candidate_chunk)
+                                           candidate_chunk=config.eval_candidate_chunk,
+                                           shard=shard)
     finally:
         model.train(was_training)
     return _jsonable(out)
@@ -252,7 +254,8 @@ def _cpu_model() -> Optional[str]:
 # ---------------------------------------------------------------------------------------------
 def train_epoch(model: torch.nn.Module, queries: OneToNQueries, optimizer: torch.optim.Optimizer,
                 q_optimizer: Optional[torch.optim.Optimizer], config: TrainConfig, epoch: int,
-                progress: bool = False) -> Dict[str, float]:
+                progress: bool = False, ddp: Optional[torch.nn.Module] = None
+                ) -> Dict[str, float]:
     r"""One pass over all training queries in the order drawn from ``(seed, epoch)``.
 
     Returns the mean KGC loss, the mean ExID upper bound and the mean Q-network loss. Runs
@@ -264,7 +267,7 @@ def train_epoch(model: torch.nn.Module, queries: OneToNQueries, optimizer: torch
     try:
         with mmap_threshold_while(config.malloc_mmap_threshold):
             return _train_epoch(model, queries, optimizer, q_optimizer, config, epoch,
-                                progress)
+                                progress, ddp)
     finally:
         grad_buffers.release()
         scratch.release()
@@ -273,13 +276,22 @@ def train_epoch(model: torch.nn.Module, queries: OneToNQueries, optimizer: torch
 def train_step(model: torch.nn.Module, queries: OneToNQueries, ent: Tensor, rel: Tensor,
                idx: Tensor, optimizer: torch.optim.Optimizer,
                q_optimizer: Optional[torch.optim.Optimizer], config: TrainConfig,
-               generator: Optional[torch.Generator] = None) -> Dict[str, float]:
+               generator: Optional[torch.Generator] = None,
+               ddp: Optional[torch.nn.Module] = None) -> Dict[str, float]:
     r"""One optimisation step on the queries ``idx`` of :obj:`queries` (entities ``ent``,
     relations ``rel``): the KGC loss (1-N, or against sampled candidates drawn from
     :obj:`generator` with ``config.negatives``) plus :math:`\lambda` times ExID's upper bound,
     one Adam step, then one step of the :math:`Q_\theta` networks. Returns the step's
-    ``{"loss", "mi_upper", "q_loss"}``."""
+    ``{"loss", "mi_upper", "q_loss"}``. With :obj:`ddp` (the model's
+    :func:`~momok_pyg.training.distributed.wrap`), this process takes its part of the batch
+    and DDP averages the gradients (:mod:`momok_pyg.training.distributed`)."""
     exid = getattr(model, "exid", None)
+    scale = 1.0
+    if ddp is not None:
+        from . import distributed
+        n_global = idx.numel()
+        ent, rel, idx = (distributed.local_part(x) for x in (ent, rel, idx))
+        scale = idx.numel() * distributed.world() / n_global
     device = _model_device(model)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else
                 contextlib.nullcontext())
@@ -290,16 +302,22 @@ def train_step(model: torch.nn.Module, queries: OneToNQueries, ent: Tensor, rel:
     if device.type != "cpu":
         ent, rel = ent.to(device, non_blocking=True), rel.to(device, non_blocking=True)
     with autocast:
-        if config.negatives is None:
-            out = model.forward_loss(ent, rel, target)
+        if ddp is not None:
+            out, upper = ddp(ent, rel, target,
+                             None if config.negatives is None else cand.to(device),
+                             None if config.negatives is None else shift.to(device),
+                             with_upper=config.lambda_club > 0)
+        elif config.negatives is None:
+            out, upper = model.forward_loss(ent, rel, target), None
         else:
-            out = model.forward_loss_sampled(ent, rel, target, cand.to(device),
-                                             shift.to(device))
+            out, upper = model.forward_loss_sampled(ent, rel, target, cand.to(device),
+                                                    shift.to(device)), None
         loss = out.loss
-        upper = None
-        if exid is not None and config.lambda_club > 0:
+        if ddp is None and exid is not None and config.lambda_club > 0:
             upper = exid.upper_bound({m: v.float() for m, v in out.views.items()})
     total = loss + config.lambda_club * upper if upper is not None else loss
+    if scale != 1.0:
+        total = total * scale
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
@@ -311,7 +329,10 @@ def train_step(model: torch.nn.Module, queries: OneToNQueries, ent: Tensor, rel:
             views = {m: v.detach().float() for m, v in out.views.items()}
         q_optimizer.zero_grad(set_to_none=True)
         q_loss = exid.learning_loss(views)
-        q_loss.backward()
+        (q_loss * scale).backward()
+        if ddp is not None:
+            from . import distributed
+            distributed.average_gradients(exid.parameters())
         q_optimizer.step()
         q_value = float(q_loss.detach())
     return {"loss": float(loss.detach()), "q_loss": q_value,
@@ -320,7 +341,8 @@ def train_step(model: torch.nn.Module, queries: OneToNQueries, ent: Tensor, rel:
 
 def _train_epoch(model: torch.nn.Module, queries: OneToNQueries,
                  optimizer: torch.optim.Optimizer, q_optimizer: Optional[torch.optim.Optimizer],
-                 config: TrainConfig, epoch: int, progress: bool) -> Dict[str, float]:
+                 config: TrainConfig, epoch: int, progress: bool,
+                 ddp: Optional[torch.nn.Module] = None) -> Dict[str, float]:
     model.train()
     gen = epoch_generator(config.seed, epoch)
     sums = {"loss": 0.0, "mi_upper": 0.0, "q_loss": 0.0}
@@ -328,7 +350,8 @@ def _train_epoch(model: torch.nn.Module, queries: OneToNQueries,
     bar = tqdm(total=queries.num_batches(config.batch_size), desc=f"epoch {epoch}",
                disable=not progress, leave=False, dynamic_ncols=True)
     for ent, rel, idx in queries.batches(config.batch_size, gen):
-        step = train_step(model, queries, ent, rel, idx, optimizer, q_optimizer, config, gen)
+        step = train_step(model, queries, ent, rel, idx, optimizer, q_optimizer, config, gen,
+                          ddp)
         for k, v in step.items():
             sums[k] += v
         n += 1
@@ -427,22 +450,41 @@ def fit(config: TrainConfig, out_dir: PathLike, data: Optional[HeteroData] = Non
 
     See :func:`train` for the public entry point (it also handles the ensemble ablation).
     """
-    log = log or (lambda s: tqdm.write(s))
-    out = Path(out_dir)
+    from . import distributed
+    device = resolve_device(config.device)
+    rank, world, created = distributed.setup(device)
+    try:
+        return _fit(config, Path(out_dir), data, resume, overwrite, log, device, rank, world)
+    finally:
+        distributed.teardown(created)
+
+
+def _fit(config: TrainConfig, out: Path, data: Optional[HeteroData], resume: bool,
+         overwrite: bool, log: Optional[Callable[[str], None]], device: torch.device,
+         rank: int, world: int) -> Dict[str, Any]:
+    from . import distributed
+    main = rank == 0  # the process that writes files and logs
+    log = (log or (lambda s: tqdm.write(s))) if main else (lambda s: None)
     member = config.member
     data = load_data(config) if data is None else data
-    ckpt = _prepare_run_dir(out, config, resume, overwrite)
-    config.save(out / CONFIG)
+    if main:
+        ckpt = _prepare_run_dir(out, config, resume, overwrite)
+        config.save(out / CONFIG)
+    distributed.barrier()
+    if not main:
+        ckpt = load_checkpoint(out / LAST) if (out / LAST).exists() else None
     wall0 = time.perf_counter()
 
-    device = resolve_device(config.device)
     model = build_model(config, data).to(device)
     reset_peak_memory(device)
-    # the code and the model's effective settings (defaults included) that start this run
-    atomic_write_json({"env": environment(device), "model": repr(model)},
-                      out / "env_start.json")
+    if main:  # the code and the model's effective settings (defaults included) at start
+        atomic_write_json({"env": {**environment(device), "world_size": world},
+                           "model": repr(model)}, out / "env_start.json")
     _check_modalities(model, config.eval_modalities if member is None else None)
-    optimizer, q_optimizer = _optimizers(model, config)
+    # under DDP an optimizer step inside backward would run before the gradient is averaged
+    optimizer, q_optimizer = _optimizers(
+        model, dataclasses.replace(config, optimizer_in_backward=False) if world > 1 else config)
+    ddp = distributed.wrap(model, device) if world > 1 else None
     seed_everything(config.seed)
     state = _fresh_state()
     if ckpt is not None:
@@ -466,21 +508,26 @@ def fit(config: TrainConfig, out_dir: PathLike, data: Optional[HeteroData] = Non
     def evaluate_valid(epoch: int) -> Dict[str, Any]:
         t1 = time.perf_counter()
         valid = _evaluate(model, data, "valid", config, filter_index, eval_mods,
-                          subsets=valid_subsets)
+                          subsets=valid_subsets, shard=world > 1)
         state["valid_curve"].append(_curve_entry(epoch, valid))
         if config.track_test:
-            test = _evaluate(model, data, "test", config, filter_index, eval_mods)
+            test = _evaluate(model, data, "test", config, filter_index, eval_mods,
+                             shard=world > 1)
             state["test_curve"].append(_curve_entry(epoch, test))
         state["eval_seconds"] += time.perf_counter() - t1
         return valid
 
     def save_last() -> None:
+        if not main:
+            return
         atomic_torch_save({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "q_optimizer": q_optimizer.state_dict() if q_optimizer is not None else None,
             "state": state, "rng": get_rng_state(), "config": config.to_dict()}, out / LAST)
 
     def save_best(epoch: int, valid: Dict[str, Any]) -> None:
+        if not main:
+            return
         atomic_torch_save({"model": model.state_dict(), "epoch": epoch,
                            "valid": _scalars(valid), "config": config.to_dict()}, out / BEST)
 
@@ -490,7 +537,7 @@ def fit(config: TrainConfig, out_dir: PathLike, data: Optional[HeteroData] = Non
             break
         t0 = time.perf_counter()
         losses = train_epoch(model, queries, optimizer, q_optimizer, config, epoch,
-                             progress=config.progress)
+                             progress=config.progress and main, ddp=ddp)
         state["epoch_seconds"].append(time.perf_counter() - t0)
         state["train_curve"].append({"epoch": epoch, **losses})
         msg = f"epoch {epoch}/{config.epochs} loss {losses['loss']:.5f}"
@@ -527,18 +574,24 @@ def fit(config: TrainConfig, out_dir: PathLike, data: Optional[HeteroData] = Non
         save_last()
 
     # Test metrics of the best-valid checkpoint.
+    distributed.barrier()  # rank 0 has written best.pt
     best = load_checkpoint(out / BEST)
     model.load_state_dict(best["model"])
     t2 = time.perf_counter()
-    test = _evaluate(model, data, "test", config, filter_index, eval_mods, breakdowns=True)
+    test = _evaluate(model, data, "test", config, filter_index, eval_mods, breakdowns=True,
+                     shard=world > 1)
     per_modality = {}
     if member is None:
         for m in model.score_modalities:
-            per_modality[m] = _evaluate(model, data, "test", config, filter_index, [m])
+            per_modality[m] = _evaluate(model, data, "test", config, filter_index, [m],
+                                        shard=world > 1)
     final_eval = time.perf_counter() - t2
     metrics = _metrics(config, state, test, per_modality, final_eval,
                        time.perf_counter() - wall0, model, queries, data, member)
-    atomic_write_json(metrics, out / METRICS)
+    metrics["world_size"] = world
+    if main:
+        atomic_write_json(metrics, out / METRICS)
+    distributed.barrier()
     log(f"[{out.name}] best epoch {state['best_epoch']}: test mrr {test['mrr']:.4f} "
         f"hits@1 {test['hits@1']:.4f} hits@10 {test['hits@10']:.4f}")
     return metrics

@@ -57,15 +57,19 @@ def train(config: TrainConfig, out_dir: PathLike, data: Optional[HeteroData] = N
     Returns:
         The content of ``metrics.json``.
     """
+    from . import distributed
     old_threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(int(config.threads))
+    # under torchrun: one process group for the whole run (all members of an ensemble)
+    created = distributed.setup(resolve_device(config.device))[2]
     try:
         data = load_data(config) if data is None else data
         if _single(config):
             return fit(config, out_dir, data, resume=resume, overwrite=overwrite, log=log)
         return _train_ensemble(config, Path(out_dir), data, resume, overwrite, log)
     finally:
+        distributed.teardown(created)
         torch.set_num_threads(old_threads)
 
 
@@ -76,14 +80,18 @@ def _single(config: TrainConfig) -> bool:
 
 def _train_ensemble(config: TrainConfig, out: Path, data: HeteroData, resume: bool, overwrite: bool,
                     log) -> Dict[str, Any]:
-    log = log or (lambda s: tqdm.write(s))
+    from . import distributed
+    main = distributed.rank() == 0
+    log = (log or (lambda s: tqdm.write(s))) if main else (lambda s: None)
     wall0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(out)
-    if overwrite:
-        for name in (LAST, BEST, METRICS, CONFIG):
-            (out / name).unlink(missing_ok=True)
-    config.save(out / CONFIG)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(out)
+        if overwrite:
+            for name in (LAST, BEST, METRICS, CONFIG):
+                (out / name).unlink(missing_ok=True)
+        config.save(out / CONFIG)
+    distributed.barrier()
     names = member_names(config, data)
     if config.eval_modalities is not None:
         unknown = [m for m in config.eval_modalities if m not in names]
@@ -98,9 +106,11 @@ def _train_ensemble(config: TrainConfig, out: Path, data: HeteroData, resume: bo
     from momok_pyg.evaluate import FilterIndex
     filter_index = FilterIndex.from_data(data)
     t0 = time.perf_counter()
-    valid = _evaluate(ensemble, data, "valid", config, filter_index, config.eval_modalities)
+    shard = distributed.world() > 1
+    valid = _evaluate(ensemble, data, "valid", config, filter_index, config.eval_modalities,
+                      shard=shard)
     test = _evaluate(ensemble, data, "test", config, filter_index, config.eval_modalities,
-                     breakdowns=True)
+                     breakdowns=True, shard=shard)
     final_eval = time.perf_counter() - t0
     metrics = {
         "dataset": getattr(data, "dataset_name", config.dataset),
@@ -123,7 +133,9 @@ def _train_ensemble(config: TrainConfig, out: Path, data: HeteroData, resume: bo
         "config": config.to_dict(),
         "env": environment(_model_device(ensemble)),
     }
-    atomic_write_json(metrics, out / METRICS)
+    if main:
+        atomic_write_json(metrics, out / METRICS)
+    distributed.barrier()
     log(f"[{out.name}] ensemble of {names}: test mrr {test['mrr']:.4f}")
     return metrics
 

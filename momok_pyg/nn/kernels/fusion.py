@@ -264,7 +264,7 @@ class _AttentionFusion(torch.autograd.Function):
                           if want_x else None)
                 del grad_p
             grads += [None if grad_x is None else grad_x.to(x.dtype), grad_w.to(w.dtype),
-                      grad_b.to(w.dtype), None]
+                      grad_b.to(w.dtype).contiguous(), None]
         return (None, None, None if grad_attn is None else grad_attn.to(attn.dtype),
                 *grads)
 
