@@ -287,16 +287,24 @@ def robustness(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
 
 
 def gates(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
-    r"""A full MoMoK run and, once it is trained, the analysis of its best checkpoint."""
+    r"""The analysis of a trained full MoMoK's best checkpoint: the Table 1 run of the same
+    configuration when it is finished (no second training), else a run of its own."""
     specs = []
     seed = list(opts.seeds)[0]
+    table1_done = load_results(opts.results_dir, "table1")
     for ds in _mkgy(opts):
         feats = features_for(ds, opts)
-        train_name = f"momok-{ds}-seed{seed}"
         cfg = _config(ds, opts, **{**MOMOK, "features": feats, "seed": seed})
-        specs.append(RunSpec("gates", train_name, cfg, dict(dataset=ds, features=feats)))
-        specs.append(RunSpec("gates", f"gates-{ds}-seed{seed}", cfg,
-                             dict(dataset=ds, features=feats), kind="gates",
+        t1 = table1_done.get(f"momok-{ds}-{feats or 'synthetic'}-seed{seed}")
+        meta = dict(dataset=ds, features=feats)
+        if t1 is not None and not cfg.resume_mismatch(TrainConfig.from_dict(t1["config"])):
+            specs.append(RunSpec("gates", f"gates-{ds}-seed{seed}", cfg,
+                                 {**meta, "source_experiment": "table1"}, kind="gates",
+                                 source=t1["name"]))
+            continue
+        train_name = f"momok-{ds}-seed{seed}"
+        specs.append(RunSpec("gates", train_name, cfg, meta))
+        specs.append(RunSpec("gates", f"gates-{ds}-seed{seed}", cfg, meta, kind="gates",
                              source=train_name))
     return specs
 
@@ -527,7 +535,9 @@ def run_experiment(experiment: str, opts: Options, command: str = "",
         pending = [s for s in specs if s.name not in done and s.name not in failed]
         started = False
         for spec in pending:
-            if spec.kind == "gates" and spec.source not in done:
+            source_done = (done if "source_experiment" not in spec.meta else
+                           load_results(opts.results_dir, spec.meta["source_experiment"]))
+            if spec.kind == "gates" and spec.source not in source_done:
                 continue  # its training run is not finished yet
             run_dir = Path(opts.runs_dir) / experiment / spec.name
             lock = _Lock(run_dir)
@@ -564,7 +574,8 @@ def _run_one(spec: RunSpec, run_dir: Path, opts: Options, command: str) -> Dict[
     run_dir.mkdir(parents=True, exist_ok=True)
     if spec.kind == "gates":
         from momok_pyg.interpret import gate_report
-        source_dir = Path(opts.runs_dir) / spec.experiment / spec.source
+        source_dir = (Path(opts.runs_dir) / spec.meta.get("source_experiment", spec.experiment)
+                      / spec.source)
         t0 = time.perf_counter()
         out = gate_report(source_dir)
         return {"version": RESULT_VERSION, "experiment": spec.experiment, "name": spec.name,

@@ -250,3 +250,18 @@ def test_baselines_plan_is_a_learning_rate_grid_per_kge_model(tmp_path):
     assert all(s.config.model == "distmult" and s.config.dim == 16 for s in specs)  # extra
     everyone = R.plan("baselines", _opts(tmp_path, models=["tucker", "momok"]))
     assert sorted({s.config.model for s in everyone}) == sorted(R.BASELINE_MODELS)
+
+
+def test_gates_reuse_the_finished_table1_run_of_the_same_config(tmp_path):
+    opts = _opts(tmp_path, models=["momok"], seeds=[0])
+    assert [s.name for s in R.plan("gates", opts)] == ["momok-synthetic-seed0",
+                                                       "gates-synthetic-seed0"]
+    t1 = next(s for s in R.plan("table1", opts) if s.config.model == "momok")
+    path = os.path.join(opts.results_dir, "table1", f"{t1.name}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"experiment": "table1", "name": t1.name, "config": t1.config.to_dict(),
+                   "meta": {}}, f)
+    specs = R.plan("gates", opts)
+    assert [(s.name, s.kind, s.source, s.meta["source_experiment"]) for s in specs] == [
+        ("gates-synthetic-seed0", "gates", t1.name, "table1")]
