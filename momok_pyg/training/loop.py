@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from momok_pyg.datasets.schema import STRUCTURE, feature_modalities, get_triples
 from momok_pyg.nn.kernels import grad_buffers, scratch
 
+from . import distributed
 from .batching import OneToNQueries, epoch_generator
 from .checkpoint import (
     atomic_torch_save,
@@ -288,7 +289,6 @@ def train_step(model: torch.nn.Module, queries: OneToNQueries, ent: Tensor, rel:
     exid = getattr(model, "exid", None)
     scale = 1.0
     if ddp is not None:
-        from . import distributed
         n_global = idx.numel()
         ent, rel, idx = (distributed.local_part(x) for x in (ent, rel, idx))
         scale = idx.numel() * distributed.world() / n_global
@@ -331,7 +331,6 @@ def train_step(model: torch.nn.Module, queries: OneToNQueries, ent: Tensor, rel:
         q_loss = exid.learning_loss(views)
         (q_loss * scale).backward()
         if ddp is not None:
-            from . import distributed
             distributed.average_gradients(exid.parameters())
         q_optimizer.step()
         q_value = float(q_loss.detach())
@@ -450,7 +449,6 @@ def fit(config: TrainConfig, out_dir: PathLike, data: Optional[HeteroData] = Non
 
     See :func:`train` for the public entry point (it also handles the ensemble ablation).
     """
-    from . import distributed
     device = resolve_device(config.device)
     rank, world, created = distributed.setup(device)
     try:
@@ -462,7 +460,6 @@ def fit(config: TrainConfig, out_dir: PathLike, data: Optional[HeteroData] = Non
 def _fit(config: TrainConfig, out: Path, data: Optional[HeteroData], resume: bool,
          overwrite: bool, log: Optional[Callable[[str], None]], device: torch.device,
          rank: int, world: int) -> Dict[str, Any]:
-    from . import distributed
     main = rank == 0  # the process that writes files and logs
     log = (log or (lambda s: tqdm.write(s))) if main else (lambda s: None)
     member = config.member
