@@ -28,8 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import environment, git_commit  # noqa: E402
 
 
-def run(procs: int, threads: int, args: argparse.Namespace, root: Path) -> Dict[str, Any]:
-    out = root / f"p{procs}t{threads}"
+def run(procs: int, threads: int, args: argparse.Namespace, root: Path,
+        index: int = 0) -> Dict[str, Any]:
+    # a fresh run directory per measurement: a repeated configuration must train again, not
+    # resume the finished run of its first measurement
+    out = root / f"{index}-p{procs}t{threads}"
     cmd = [sys.executable, "-m", "momok_pyg.cli", "train", "--synthetic",
            f"num_entities={args.entities}", f"num_triples={args.triples}",
            "--dim", str(args.dim), "--batch-size", str(args.batch_size), "--epochs",
@@ -65,9 +68,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = p.parse_args(argv)
     rows: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for c in args.configs:
+        for i, c in enumerate(args.configs):
             procs, threads = (int(x) for x in c.split("x"))
-            r = run(procs, threads, args, Path(tmp))
+            r = run(procs, threads, args, Path(tmp), i)
             rows.append(r)
             if r["ok"]:
                 print(f"{procs} process(es) x {threads} thread(s): "
