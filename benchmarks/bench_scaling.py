@@ -118,6 +118,8 @@ def plot(results: List[Dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for mode, marker in zip(MODES, "os"):
         rows = [r for r in results if r["mode"] == mode and r["ok"]]
+        if not rows:
+            continue
         xs = [r["num_entities"] for r in rows]
         for ax, key, label in zip(axes, ("epoch_seconds", "eval_seconds_test_split",
                                          "peak_rss_mb"),
@@ -182,8 +184,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
            "commit": git_commit(), "env": environment(torch.device("cpu")),
            "cap_gb": args.cap_gb, "results": results}
     out.write_text(json.dumps(res, indent=2))
-    plot(results, out.with_suffix(".png"))
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    if any(r["ok"] for r in results):
+        plot(results, out.with_suffix(".png"))
+        print(f"wrote {out} and {out.with_suffix('.png')}")
+    else:
+        print(f"wrote {out} (no measurement succeeded: no plot)")
     return res
 
 

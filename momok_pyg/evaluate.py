@@ -182,8 +182,8 @@ def evaluate_link_prediction(
         candidate_chunk (int, optional): Score the candidates in chunks of this many entities
             (``score_fn(head, rel, candidates=slice(c0, c1)) -> [B, c1 - c0]``, e.g.
             ``model.predict``), so that peak memory is bounded by ``batch_size`` times the
-            chunk, not by :math:`N` (:meth:`FilteredRankMetric.update_chunked`; each chunk
-            is scored twice). Same ranks as without it.
+            chunk, not by :math:`N` (:meth:`FilteredRankMetric.update_chunked`; every chunk
+            but the last is scored twice). Same ranks as without it.
         shard (bool): In a :mod:`torch.distributed` process group, rank only every
             ``world``-th batch of distinct queries here and gather the other ranks' (all
             processes return the same result); ignored outside one.

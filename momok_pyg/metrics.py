@@ -138,6 +138,41 @@ def _tie_weight(x: Tensor, s_t: Tensor, tie: str, dtype: torch.dtype) -> Tensor:
     return (x > s_t).to(dtype) + 0.5 * (x == s_t).to(dtype)
 
 
+def _as_float(scores: Tensor) -> Tensor:
+    r"""Scores in a dtype that can be compared and summed exactly (half precision cannot hold
+    counts, integers cannot subtract)."""
+    return scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
+
+
+def _tie_row_sums(scores: Tensor, s_t: Tensor, row: Optional[Tensor], tie: str,
+                  acc: torch.dtype, finite: bool) -> Tensor:
+    r"""``[B]`` sums :math:`\sum_e w(s_e)` over the columns of :obj:`scores` (``[B, C]``, or
+    ``[U, C]`` read through :obj:`row`) against the ``[B, 1]`` target scores :obj:`s_t`.
+
+    For finite realistic scores it is one pass, :math:`\frac12 (C + \sum_e
+    \mathrm{sgn}(s_e - s_t))`, a matrix-vector product. On CPU, blocks of rows keep the
+    ``[rows, C]`` temporaries in cache (~4x faster than one pass)."""
+    num_queries, cols = s_t.size(0), scores.size(1)
+    ones = torch.ones(cols, dtype=acc, device=scores.device)
+    rows = num_queries if scores.device.type != "cpu" else max(1, _CPU_BLOCK // max(cols, 1))
+    totals = []
+    buf = (scores.new_empty(min(rows, num_queries), cols)  # reused by every block
+           if (tie == "realistic" and finite) or row is not None else None)
+    for start in range(0, num_queries, rows):
+        block_t = s_t[start:start + rows]
+        if row is not None:  # the rows of this block's queries, gathered into the buffer
+            block = torch.index_select(scores, 0, row[start:start + rows],
+                                       out=buf[:block_t.size(0)])
+        else:
+            block = scores[start:start + rows]
+        if tie == "realistic" and finite:
+            sign = torch.sub(block, block_t, out=buf[:block.size(0)]).sign_()
+            totals.append(0.5 * (cols + sign.to(acc) @ ones))
+        else:
+            totals.append(_tie_weight(block, block_t, tie, acc) @ ones)
+    return torch.cat(totals) if totals else s_t.new_zeros(0, dtype=acc)
+
+
 def filtered_ranks(scores: Tensor, target: Tensor, batch_idx: Tensor, entity_idx: Tensor,
                    tie: str = "realistic", row: Optional[Tensor] = None) -> Tensor:
     r"""Filtered ranks of :obj:`target` in each row of :obj:`scores` (see module docstring).
@@ -195,29 +230,10 @@ def filtered_ranks(scores: Tensor, target: Tensor, batch_idx: Tensor, entity_idx
         if row.numel() and bool(((row < 0) | (row >= scores.size(0))).any()):
             raise ValueError(f"row ids must lie in [0, {scores.size(0)}) (rows of scores)")
         shared = True
-    num_queries = target.numel()
     s_t = scores[row, target].unsqueeze(1)
-    ones = torch.ones(num_entities, dtype=acc, device=scores.device)
-    # On CPU, blocks of rows keep the [rows, N] temporaries in cache (~4x faster than one pass).
-    rows = num_queries if scores.device.type != "cpu" else max(1, _CPU_BLOCK // num_entities)
-    totals = []
-    buf = (scores.new_empty(min(rows, num_queries), num_entities)  # reused by every block
-           if (tie == "realistic" and finite) or shared else None)
-    for start in range(0, num_queries, rows):
-        block_t = s_t[start:start + rows]
-        if shared:  # the rows of this block's queries, gathered into the reused buffer
-            block = torch.index_select(scores, 0, row[start:start + rows],
-                                       out=buf[:block_t.size(0)])
-        else:
-            block = scores[start:start + rows]
-        if tie == "realistic" and finite:
-            sign = torch.sub(block, block_t, out=buf[:block.size(0)]).sign_()
-            totals.append(0.5 * (num_entities + sign.to(acc) @ ones))
-        else:
-            totals.append(_tie_weight(block, block_t, tie, acc) @ ones)
+    total = _tie_row_sums(scores, s_t, row if shared else None, tie, acc, finite)
     s_t = s_t.squeeze(1)
-    total = (torch.cat(totals) if totals else s_t.new_zeros(0, dtype=acc)) \
-        - _tie_weight(s_t, s_t, tie, acc)  # the target itself
+    total = total - _tie_weight(s_t, s_t, tie, acc)  # the target itself
 
     batch_idx, entity_idx = batch_idx.to(scores.device), entity_idx.to(scores.device)
     keep = entity_idx != target[batch_idx]  # the target is never filtered away
@@ -312,8 +328,10 @@ class FilteredRankMetric:
         r"""Ranks one batch whose scores come in column chunks, so that no ``[B, N]`` tensor
         is ever held: ``score_chunk(slice(c0, c1))`` returns the ``[B, c1 - c0]`` (or
         ``[U, c1 - c0]`` with :obj:`row`) scores of entities ``c0 .. c1 - 1``. Peak memory is
-        bounded by the rows times :obj:`chunk_size`, whatever :math:`N`; every chunk is
-        scored twice (once to read the targets' scores, once to count). The ranks equal those
+        bounded by the rows times :obj:`chunk_size`, whatever :math:`N`; every chunk but
+        one is scored twice (once to read the targets' scores, once to count; the last chunk's
+        scores are kept, so :math:`N \le` :obj:`chunk_size` costs one scoring). The row sums
+        are the blocked pass of :func:`filtered_ranks`. The ranks equal those
         of :meth:`update` on the full score matrix (same tie rule, same filter).
 
         Returns:
@@ -326,8 +344,9 @@ class FilteredRankMetric:
         bounds = [(c0, min(c0 + chunk_size, n)) for c0 in range(0, n, chunk_size)]
         rows = torch.arange(target.numel()) if row is None else row
         t_score: Optional[Tensor] = None
+        last: Optional[Tensor] = None
         for c0, c1 in bounds:  # pass 1: the targets' own scores
-            s = score_chunk(slice(c0, c1))
+            s = _as_float(score_chunk(slice(c0, c1)))
             if s.dim() != 2 or s.size(1) != c1 - c0:
                 raise ValueError(f"score_chunk(slice({c0}, {c1})) must return [rows, "
                                  f"{c1 - c0}] scores, got {tuple(s.shape)}")
@@ -335,30 +354,34 @@ class FilteredRankMetric:
                 t_score = torch.full((target.numel(), ), float("nan"), dtype=s.dtype,
                                      device=s.device)
                 rows, target = rows.to(s.device), target.to(s.device)
+                row = None if row is None else rows
             hit = (target >= c0) & (target < c1)
             t_score[hit] = s[rows[hit], target[hit] - c0]
+            last = s
         if fi.device != t_score.device:
             fi = self.filter_index = fi.to(t_score.device)
         batch_idx, entity_idx = fi.answers(head.to(t_score.device), rel.to(t_score.device))
         other = entity_idx != target[batch_idx]  # the target never counts against itself
         batch_idx, entity_idx = batch_idx[other], entity_idx[other]
-        greater = torch.zeros(target.numel(), dtype=torch.float64, device=t_score.device)
-        equal = torch.zeros_like(greater)
-        t = t_score.unsqueeze(1)
-        for c0, c1 in bounds:  # pass 2: count better / equal candidates, filtered ones out
-            s = score_chunk(slice(c0, c1))[rows]
-            if bool(torch.isnan(s).any()):
+        total = -_tie_weight(t_score, t_score, self.tie, torch.float64)  # the target itself
+        # pass 2: the weighted count of better / equal candidates, filtered ones taken out;
+        # the chunk scored last in pass 1 is counted first from its kept scores, so a single
+        # chunk is scored once
+        for i, (c0, c1) in enumerate([bounds[-1]] + bounds[:-1]):
+            s = last if i == 0 else _as_float(score_chunk(slice(c0, c1)))
+            last = None
+            finite = bool(torch.isfinite(s.sum()))  # one cheap pass; False also for NaN
+            if not finite and bool(torch.isnan(s).any()):
                 raise ValueError("scores contain NaN")
-            greater += (s > t).sum(1)
-            equal += (s == t).sum(1)
+            acc = torch.float64 if s.dtype == torch.float64 or c1 - c0 >= 2**24 \
+                else torch.float32
+            total += _tie_row_sums(s, t_score.unsqueeze(1), row, self.tie, acc,
+                                   finite).double()
             sel = (entity_idx >= c0) & (entity_idx < c1)
             b, e = batch_idx[sel], entity_idx[sel] - c0
-            vals = s[b, e]
-            greater.index_add_(0, b, -(vals > t_score[b]).double())
-            equal.index_add_(0, b, -(vals == t_score[b]).double())
-        equal -= 1.0  # the target equals itself
-        lam = {"optimistic": 0.0, "pessimistic": 1.0, "realistic": 0.5}[self.tie]
-        ranks = (1.0 + greater + lam * equal).to(torch.float32 if n < 2**24 else torch.float64)
+            total.index_add_(0, b, _tie_weight(s[rows[b], e], t_score[b], self.tie,
+                                               torch.float64), alpha=-1)
+        ranks = (1.0 + total).to(torch.float32 if n < 2**24 else torch.float64)
         self._chunks.append(ranks)
         return ranks
 

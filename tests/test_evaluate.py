@@ -336,6 +336,29 @@ def test_chunked_candidates_rank_like_the_definition(toy, tie, chunk):
     assert max(widths) == min(chunk, N)
 
 
+@pytest.mark.parametrize("chunk,expected_calls", [(N, 1), (N // 2 + 1, 3), (1, 2 * N - 1)])
+def test_chunked_update_scores_each_chunk_but_the_last_twice(chunk, expected_calls):
+    # pass 1 reads the targets' scores, pass 2 counts; the chunk scored last in pass 1 is kept,
+    # so one chunk costs one scoring, and the ranks still equal the full update's
+    gen = torch.Generator().manual_seed(3)
+    triples = torch.stack([torch.randint(0, N, (40, ), generator=gen),
+                           torch.randint(0, R, (40, ), generator=gen),
+                           torch.randint(0, N, (40, ), generator=gen)], 1)
+    scores = tie_scores(gen, 12)
+    h, r, t = triples[:12].unbind(1)
+    calls = []
+
+    def score_chunk(sl):
+        calls.append(sl)
+        return scores[:, sl]
+
+    metric = FilteredRankMetric(FilterIndex(triples, N, R))
+    ranks = metric.update_chunked(score_chunk, h, r, t, chunk_size=chunk)
+    full = FilteredRankMetric(FilterIndex(triples, N, R)).update(scores, h, r, t)
+    assert len(calls) == expected_calls
+    assert ranks.tolist() == full.tolist()
+
+
 def test_chunked_evaluation_of_trained_models_equals_the_full_one(tmp_path):
     # MoMoK (sliced candidate tables) and a PyG KGE model through the training loop's scorer
     from momok_pyg.datasets.synthetic import make_synthetic_mmkg
