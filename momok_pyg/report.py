@@ -33,6 +33,10 @@ METRICS = ("mrr", "hits@1", "hits@3", "hits@10")
 # ---------------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------------
+#: ``{experiment: [result, ...]}``, every finished run of every experiment
+AllResults = Dict[str, List[Dict[str, Any]]]
+
+
 def load_all(results_dir: PathLike) -> Dict[str, List[Dict[str, Any]]]:
     r"""``{experiment: [result, ...]}`` of every ``<results_dir>/<experiment>/*.json``
     written by ``momok-pyg reproduce`` (files without an ``"experiment"`` key are skipped);
@@ -179,7 +183,8 @@ def _heatmap(ax, matrix: List[List[float]], rows: List[str], cols: List[str], ti
 # ---------------------------------------------------------------------------------------------
 # sections
 # ---------------------------------------------------------------------------------------------
-def section_table1(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> List[str]:
+def section_table1(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
+                   everything: Optional[AllResults] = None) -> List[str]:
     out = ["### Table 1: link prediction on the four benchmarks", ""]
     by_ds: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
     for r in results:
@@ -252,7 +257,8 @@ def section_table1(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> L
     return out
 
 
-def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> List[str]:
+def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
+                      everything: Optional[AllResults] = None) -> List[str]:
     out = ["### Table 2 / 8: ablations", ""]
     full = next((r for r in results if r["meta"].get("row") == "full"), None)
     rows = []
@@ -272,7 +278,8 @@ def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -
     return out
 
 
-def section_robustness(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> List[str]:
+def section_robustness(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
+                       everything: Optional[AllResults] = None) -> List[str]:
     out = ["### Fig. 3: robustness", ""]
     clean = {r["meta"]["model"]: r for r in results if r["meta"].get("transform") is None}
     transforms = sorted({r["meta"]["transform"] for r in results if r["meta"].get("transform")})
@@ -310,7 +317,8 @@ def section_robustness(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) 
     return out
 
 
-def section_gates(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> List[str]:
+def section_gates(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
+                  everything: Optional[AllResults] = None) -> List[str]:
     out = ["### Fig. 5 / Table 4: modality and expert weights per relation", ""]
     plt = _plt()
     for r in results:
@@ -350,7 +358,8 @@ def section_gates(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> Li
     return out + _provenance(results)
 
 
-def section_cost(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> List[str]:
+def section_cost(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
+                 everything: Optional[AllResults] = None) -> List[str]:
     out = ["### Table 3: cost per epoch", ""]
     rows = []
     for r in sorted(results, key=lambda r: (_device(r), r["meta"]["dataset"],
@@ -369,7 +378,8 @@ def section_cost(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> Lis
     return out + [""] + _provenance(results)
 
 
-def section_unseen(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> List[str]:
+def section_unseen(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
+                   everything: Optional[AllResults] = None) -> List[str]:
     out = ["### Beyond the paper: entities unseen in training", ""]
     rows = []
     for r in sorted(results, key=lambda r: r["name"]):
@@ -382,7 +392,8 @@ def section_unseen(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> L
     return out + [""] + _provenance(results)
 
 
-def section_baselines(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -> List[str]:
+def section_baselines(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
+                      everything: Optional[AllResults] = None) -> List[str]:
     out = ["### Table 1, uni-modal baselines: PyG KGE models trained 1-N", ""]
     groups: Dict[tuple, List[Dict[str, Any]]] = defaultdict(list)
     for r in results:
@@ -403,7 +414,38 @@ def section_baselines(results: List[Dict[str, Any]], fig_dir: Path, rel: Path) -
     return out + [""] + _provenance(results)
 
 
+def section_encoders(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
+                     everything: Optional[AllResults] = None) -> List[str]:
+    out = ["### Composing with PyG: an R-GCN as the structure encoder", ""]
+    table1 = {r["name"]: r for r in (everything or {}).get("table1", [])}
+    rows = []
+    for r in sorted(results, key=lambda r: r["name"]):
+        enc = dict(r["meta"].get("encoder") or {})
+        args = ", ".join(f"{k}={v}" for k, v in sorted(enc.items()) if k != "name")
+        label = f"R-GCN ({args})" if args else "R-GCN"
+        ref = table1.get(r["meta"].get("compare_to"))
+        ref_mrr = None if ref is None else ref["test"]["mrr"]
+        diff = "—" if ref_mrr is None else f"{100 * (r['test']['mrr'] - ref_mrr):+.2f}"
+        rows.append([r["meta"]["dataset"], r["meta"]["model"], label,
+                     *(_pct(r["test"][k]) for k in METRICS), _epochs(r),
+                     f"`{r['meta'].get('compare_to')}`: {_pct(ref_mrr)}"
+                     if ref is not None else "not finished", diff, _device(r)])
+    out += ["The structure modality's entity table passed through two PyG `RGCNConv` layers "
+            "(`momok_pyg.nn.encoders.RGCNEncoder`: inverse edges, residual) over the training "
+            "graph, everything else as in the Table 1 run named in *embedding table*, which "
+            "differs only in the encoder; test metrics (%) of the best-valid checkpoint.", ""]
+    out += _table(["dataset", "model", "structure encoder", "MRR", "Hits@1", "Hits@3",
+                   "Hits@10", "epochs", "embedding table (Table 1 run): MRR", "Δ MRR",
+                   "device"], rows)
+    fig = plot_curves(sorted(results, key=lambda r: r["name"]) + [
+        table1[r["meta"]["compare_to"]] for r in results if r["meta"].get("compare_to") in table1],
+        fig_dir / "encoders.png", "R-GCN structure encoder vs embedding table: valid / test MRR")
+    out += ["", f"![encoder curves]({rel / fig.name})"]
+    return out + [""] + _provenance(results)
+
+
 SECTIONS = (("table1", section_table1), ("baselines", section_baselines),
+            ("encoders", section_encoders),
             ("ablations", section_ablations),
             ("robustness", section_robustness), ("gates", section_gates),
             ("cost", section_cost), ("unseen", section_unseen))
@@ -424,7 +466,7 @@ def render(results_dir: PathLike, figures_dir: Optional[PathLike] = None,
              "sections have no finished run yet.", ""]
     for name, fn in SECTIONS:
         if all_results.get(name):
-            lines += fn(all_results[name], fig_dir, rel) + [""]
+            lines += fn(all_results[name], fig_dir, rel, all_results) + [""]
     lines.append(END)
     return "\n".join(lines) + "\n"
 

@@ -28,6 +28,10 @@ experiment      runs
 ``baselines``   paper Table 1's uni-modal baselines: PyG's TransE, DistMult, ComplEx, RotatE
                 (:mod:`momok_pyg.nn.kge`) trained 1-N on every benchmark, a learning-rate grid
                 on **valid** at the first seed
+``encoders``    composing with PyG on MKG-Y: the structure modality's entity table passed
+                through a PyG R-GCN (:class:`~momok_pyg.nn.encoders.RGCNEncoder`) over the
+                training graph, for TuckER (its Table 1 selected grid point) and MoMoK (the
+                Table 1 budget), each beside the Table 1 run that differs only in the encoder
 ==============  =================================================================================
 
 Every run trains in a child process (``momok-pyg train --config``), so its peak RSS is its own
@@ -94,6 +98,9 @@ ROBUSTNESS_TRANSFORMS = ("ModalityNoise", "ModalityMissing", "LinkSparsify")
 BASELINE_MODELS = ("transe", "distmult", "complex", "rotate")
 BASELINE = dict(loss="ce", dim=200, batch_size=1024)
 BASELINE_LRS = (1e-3, 1e-2)
+#: the structure encoder of the ``encoders`` experiment: two RGCNConv layers (inverse edges,
+#: residual; :class:`~momok_pyg.nn.encoders.RGCNEncoder` defaults)
+RGCN = {"name": "rgcn"}
 
 
 @dataclass
@@ -195,6 +202,19 @@ def selection_score(result: Dict[str, Any]) -> float:
 # ---------------------------------------------------------------------------------------------
 # the experiments
 # ---------------------------------------------------------------------------------------------
+def selected_grid_run(names: Sequence[str], done: Dict[str, Dict[str, Any]]) -> Optional[str]:
+    r"""The name of the grid run with the best valid selection score, or :obj:`None` while
+    any of :obj:`names` is unfinished (a selection among a partial grid could change)."""
+    if not names or not all(n in done for n in names):
+        return None
+    return max(names, key=lambda n: selection_score(done[n]))
+
+
+def _tucker_grid_names(ds: str, opts: Options, seed: int) -> List[str]:
+    grid = opts.grid or [dict(p) for p in TUCKER_GRID]
+    return [f"tucker-{ds}-{_grid_name(point)}-seed{seed}" for point in grid]
+
+
 def table1(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
     r"""TuckER: grid at seed 0, then the valid-best grid point at the other seeds; MoMoK at
     the TuckER budget for every seed. The seed runs of a dataset appear once its grid is
@@ -217,8 +237,8 @@ def table1(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
                                      _config(ds, opts, **{**TUCKER, **probe, "seed": seeds[0]}),
                                      dict(dataset=ds, model="tucker", stage="probe",
                                           grid=probe, seed=seeds[0])))
-            if all(n in done for n in grid_names):
-                best = max(grid_names, key=lambda n: selection_score(done[n]))
+            best = selected_grid_run(grid_names, done)
+            if best is not None:
                 point = dict(done[best]["meta"]["grid"])
                 done[best]["meta"]["selected"] = True
                 for seed in seeds[1:]:
@@ -357,9 +377,38 @@ def baselines(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
     return specs
 
 
+def encoders(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
+    r"""The Table 1 TuckER (at the grid point selected on valid, once the Table 1 grid of the
+    dataset is finished) and the Table 1 MoMoK with :data:`RGCN` as the structure encoder,
+    first seed only; ``meta["compare_to"]`` names the Table 1 run that differs only in it."""
+    specs = []
+    seed = list(opts.seeds)[0]
+    table1_done = load_results(opts.results_dir, "table1")
+    for ds in _mkgy(opts):
+        if "tucker" in opts.models:
+            best = selected_grid_run(_tucker_grid_names(ds, opts, seed), table1_done)
+            if best is not None:
+                point = dict(table1_done[best]["meta"]["grid"])
+                specs.append(RunSpec(
+                    "encoders", f"tucker-rgcn-{ds}-{_grid_name(point)}-seed{seed}",
+                    _config(ds, opts, **{**TUCKER, **point, "seed": seed,
+                                         "structure_encoder": dict(RGCN)}),
+                    dict(dataset=ds, model="tucker", encoder=dict(RGCN), grid=point, seed=seed,
+                         compare_to=best)))
+        if "momok" in opts.models:
+            feats = features_for(ds, opts)
+            specs.append(RunSpec(
+                "encoders", f"momok-rgcn-{ds}-{feats or 'synthetic'}-seed{seed}",
+                _config(ds, opts, **{**MOMOK, "features": feats, "seed": seed,
+                                     "structure_encoder": dict(RGCN)}),
+                dict(dataset=ds, model="momok", encoder=dict(RGCN), features=feats, seed=seed,
+                     compare_to=f"momok-{ds}-{feats or 'synthetic'}-seed{seed}")))
+    return specs
+
+
 EXPERIMENTS: Dict[str, Callable[[Options, Dict[str, Dict[str, Any]]], List[RunSpec]]] = {
     "table1": table1, "ablations": ablations, "robustness": robustness, "gates": gates,
-    "cost": cost, "unseen": unseen, "baselines": baselines,
+    "cost": cost, "unseen": unseen, "baselines": baselines, "encoders": encoders,
 }
 
 
