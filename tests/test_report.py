@@ -173,3 +173,22 @@ def test_baselines_section_selects_on_valid(tmp_path):
     row = _row(report.render(root, tmp_path / "fig"), "MKG-Y", "distmult")
     assert "| lr=0.01 |" in row and "| 22.00 |" in row
     assert "lr=0.001: 20.00; lr=0.01: 24.00" in row
+
+
+def test_encoders_section_compares_with_its_table1_run_at_both_budgets(tmp_path):
+    root = tmp_path / "results"
+    ref = _result("table1", "tucker-ref", dict(dataset="MKG-Y", model="tucker", stage="grid",
+                                                grid={"lr": 0.003}), 0.36, max_epochs=300)
+    # the reference's curves: valid best at epoch 10 within a 12-epoch budget (test 0.30 there)
+    ref["valid_curve"] = _curve([0.1, 0.2, 0.25, 0.24], key="mrr")
+    ref["test_curve"] = _curve([0.2, 0.30, 0.31, 0.33])
+    _write(root, ref)
+    _write(root, _result("encoders", "tucker-rgcn", dict(
+        dataset="MKG-Y", model="tucker", encoder={"name": "rgcn"}, compare_to="tucker-ref"),
+        0.35, max_epochs=12))
+    row = _row(report.render(root, tmp_path / "fig"), "MKG-Y", "R-GCN")
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "35.00" and cells[8] == "`tucker-ref`"
+    assert cells[9:13] == ["36.00", "-1.00", "30.00", "+5.00"]
+    assert report.selected_within(ref, 5) == pytest.approx(0.2)
+    assert report.selected_within(ref, 20) == pytest.approx(0.31)

@@ -265,3 +265,19 @@ def test_gates_reuse_the_finished_table1_run_of_the_same_config(tmp_path):
     specs = R.plan("gates", opts)
     assert [(s.name, s.kind, s.source, s.meta["source_experiment"]) for s in specs] == [
         ("gates-synthetic-seed0", "gates", t1.name, "table1")]
+
+
+def test_encoders_plan_follows_the_table1_selection(tmp_path):
+    opts = _opts(tmp_path, models=["tucker", "momok"], seeds=[0])
+    specs = R.plan("encoders", opts)
+    # the TuckER row waits for the Table 1 grid; MoMoK's needs no selection
+    assert [s.name for s in specs] == ["momok-rgcn-synthetic-synthetic-seed0"]
+    assert specs[0].config.structure_encoder == {"name": "rgcn"}
+    assert specs[0].meta["compare_to"] == "momok-synthetic-synthetic-seed0"
+    t1 = [s for s in R.plan("table1", opts) if s.meta.get("stage") == "grid"]
+    for s in t1:  # lr 0.005 wins on valid
+        _fake_result(opts, s.name, 0.4 if s.config.lr == 0.005 else 0.3, **s.meta)
+    tucker = [s for s in R.plan("encoders", opts) if s.config.model == "tucker"]
+    assert [s.name for s in tucker] == ["tucker-rgcn-synthetic-lr0.005-seed0"]
+    assert tucker[0].config.lr == 0.005 and tucker[0].config.structure_encoder == {"name": "rgcn"}
+    assert tucker[0].meta["compare_to"] == "tucker-synthetic-lr0.005-seed0"
