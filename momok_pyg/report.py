@@ -416,7 +416,10 @@ def section_baselines(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
         best = max(runs, key=lambda r: _sel(r) or -1.0)
         grid = "; ".join(f"lr={r['meta']['grid'].get('lr')}: {_pct(_sel(r))}"
                          for r in sorted(runs, key=lambda r: r["meta"]["grid"].get("lr", 0)))
-        rows.append([ds, model, f"lr={best['meta']['grid'].get('lr')}", grid,
+        kwargs = best["meta"].get("model_kwargs") or {}
+        label = model + (f" ({', '.join(f'{k}={v}' for k, v in sorted(kwargs.items()))})"
+                         if kwargs else "")
+        rows.append([ds, label, f"lr={best['meta']['grid'].get('lr')}", grid,
                      *(_pct(best["test"][k]) for k in METRICS), _epochs(best), _device(best)])
     out += ["PyG's `torch_geometric.nn.kge` models through `momok_pyg.nn.KGEScorer`: 1-N "
             "softmax CE in both directions, d = 200, batch 1024, Adam, one seed; the learning "

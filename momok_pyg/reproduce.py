@@ -98,6 +98,10 @@ ROBUSTNESS_TRANSFORMS = ("ModalityNoise", "ModalityMissing", "LinkSparsify")
 BASELINE_MODELS = ("transe", "distmult", "complex", "rotate")
 BASELINE = dict(loss="ce", dim=200, batch_size=1024)
 BASELINE_LRS = (1e-3, 1e-2)
+#: constructor arguments of a baseline beyond PyG's defaults: TransE with the L2 distance
+#: (PyG's default L1 makes the 1-N ``cdist`` backward ~14x slower than L2 on a CPU: 8.2 vs
+#: 0.59 s per 1024 x 15k batch, d = 200)
+BASELINE_KWARGS = {"transe": {"p_norm": 2.0}}
 #: the structure encoder of the ``encoders`` experiment: two RGCNConv layers (inverse edges,
 #: residual; :class:`~momok_pyg.nn.encoders.RGCNEncoder` defaults)
 RGCN = {"name": "rgcn"}
@@ -371,9 +375,11 @@ def baselines(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
     for ds in _datasets(opts, BENCHMARKS):
         for model in chosen:
             for lr in BASELINE_LRS:
+                kwargs = dict(BASELINE_KWARGS.get(model, {}))
                 specs.append(RunSpec("baselines", f"{model}-{ds}-lr{lr}-seed{seed}", _config(
-                    ds, opts, **BASELINE, model=model, lr=lr, seed=seed), dict(
-                        dataset=ds, model=model, stage="grid", grid={"lr": lr}, seed=seed)))
+                    ds, opts, **BASELINE, model=model, lr=lr, seed=seed, model_kwargs=kwargs),
+                    dict(dataset=ds, model=model, stage="grid", grid={"lr": lr}, seed=seed,
+                         model_kwargs=kwargs)))
     return specs
 
 

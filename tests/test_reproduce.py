@@ -250,6 +250,9 @@ def test_baselines_plan_is_a_learning_rate_grid_per_kge_model(tmp_path):
     assert all(s.config.model == "distmult" and s.config.dim == 16 for s in specs)  # extra
     everyone = R.plan("baselines", _opts(tmp_path, models=["tucker", "momok"]))
     assert sorted({s.config.model for s in everyone}) == sorted(R.BASELINE_MODELS)
+    transe = [s for s in everyone if s.config.model == "transe"]
+    assert all(s.config.model_kwargs == {"p_norm": 2.0} == s.meta["model_kwargs"]
+               for s in transe) and len(transe) == len(R.BASELINE_LRS)
 
 
 def test_gates_reuse_the_finished_table1_run_of_the_same_config(tmp_path):
