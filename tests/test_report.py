@@ -173,6 +173,10 @@ def test_baselines_section_selects_on_valid(tmp_path):
     row = _row(report.render(root, tmp_path / "fig"), "MKG-Y", "distmult")
     assert "| lr=0.01 |" in row and "| 22.00 |" in row
     assert "lr=0.001: 20.00; lr=0.01: 24.00" in row
+    _write(root, _result("baselines", "c1", dict(dataset="MKG-Y", model="complex",
+                                                 stage="grid", grid={"lr": 0.01}), 0.3))
+    row = _row(report.render(root, tmp_path / "fig"), "MKG-Y", "complex")
+    assert "lr=0.001: not finished; lr=0.01: 30.00" in row
 
 
 def test_encoders_section_compares_with_its_table1_run_at_both_budgets(tmp_path):
