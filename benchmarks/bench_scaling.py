@@ -45,7 +45,8 @@ def worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     from momok_pyg.evaluate import evaluate_link_prediction
     from momok_pyg.training import TrainConfig
     from momok_pyg.training.batching import OneToNQueries, epoch_generator
-    from momok_pyg.training.loop import _optimizers, build_model, scorer, train_step
+    from momok_pyg.training.loop import build_model, scorer
+    from momok_pyg.training.step import build_optimizers, train_step
     torch.set_num_threads(spec["threads"])
     n = spec["num_entities"]
     t0 = time.perf_counter()
@@ -59,7 +60,7 @@ def worker(spec: Dict[str, Any]) -> Dict[str, Any]:
                          eval_batch_size=spec["batch_size"], threads=spec["threads"])
     model = build_model(config, data).train()
     queries = OneToNQueries(get_triples(data, "train"), n, data.num_relations)
-    opt, q_opt = _optimizers(model, config)
+    opt, q_opt = build_optimizers(model, config)
     gen = epoch_generator(0, 1)
     times: List[float] = []
     for ent, rel, idx in queries.batches(config.batch_size, gen):

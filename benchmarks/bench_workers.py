@@ -47,7 +47,7 @@ def _config(spec: Dict[str, Any], **over):
 
 
 def _optimizers(model, config):
-    from momok_pyg.training.loop import _optimizers as shipped
+    from momok_pyg.training.step import build_optimizers as shipped
     return shipped(model, config)
 
 

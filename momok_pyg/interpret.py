@@ -22,6 +22,7 @@ from torch import Tensor
 
 from momok_pyg.datasets.schema import get_triples
 from momok_pyg.evaluate import query_tensors
+from momok_pyg.training.device import model_device
 
 if TYPE_CHECKING:
     from os import PathLike as _OsPathLike
@@ -50,8 +51,7 @@ def gate_statistics(model: torch.nn.Module, data: HeteroData, split: str = "test
         count = torch.bincount(rel, minlength=total).double()
         gate_sums: Dict[str, Tensor] = {}
         fusion_sum: Optional[Tensor] = None
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
+        device = model_device(model)
         for h, r in zip(head.split(batch_size), rel.split(batch_size)):
             out = model(h.to(device), r.to(device))
             for m, g in out.gates.items():

@@ -109,7 +109,8 @@ def test_q_step_learns_from_the_views_its_setting_names(q_views, monkeypatch):
     from momok_pyg.datasets.synthetic import make_synthetic_mmkg
     from momok_pyg.training import TrainConfig
     from momok_pyg.training.batching import OneToNQueries, epoch_generator
-    from momok_pyg.training.loop import _optimizers, build_model, train_epoch
+    from momok_pyg.training.loop import build_model
+    from momok_pyg.training.step import build_optimizers, train_epoch
     tiny = dict(num_entities=300, num_triples=600, num_groups=6, num_attributes=4)
     data = make_synthetic_mmkg(**tiny)
     config = TrainConfig(synthetic=tiny, dim=8, lr=0.05, batch_size=4096, q_views=q_views,
@@ -117,7 +118,7 @@ def test_q_step_learns_from_the_views_its_setting_names(q_views, monkeypatch):
     model = build_model(config, data)
     queries = OneToNQueries(get_triples(data, "train"), 300, data.num_relations)
     assert queries.num_batches(4096) == 1
-    opt, q_opt = _optimizers(model, config)
+    opt, q_opt = build_optimizers(model, config)
     seen = {}
     real = model.exid.learning_loss
 

@@ -108,14 +108,14 @@ def test_train_epoch_releases_scratch_buffers(monkeypatch):
     from momok_pyg.datasets import get_triples
     from momok_pyg.datasets.synthetic import make_synthetic_mmkg
     from momok_pyg.training import OneToNQueries, TrainConfig, build_model, train_epoch
-    from momok_pyg.training import loop as loop_mod
+    from momok_pyg.training.step import build_optimizers
 
     data = make_synthetic_mmkg(num_entities=200, num_triples=2000, num_groups=5,
                                num_attributes=4)
     config = TrainConfig.for_dataset("synthetic", dim=16, batch_size=256, epochs=1,
                                      progress=False)
     model = build_model(config, data)
-    opt, q_opt = loop_mod._optimizers(model, config)
+    opt, q_opt = build_optimizers(model, config)
     queries = OneToNQueries(get_triples(data, "train"), data["entity"].num_nodes,
                             data.num_relations)
     held, release = [], scratch.release

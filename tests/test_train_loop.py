@@ -15,6 +15,7 @@ from momok_pyg.training import (
     train,
 )
 from momok_pyg.training import loop as loop_mod
+from momok_pyg.training.step import build_optimizers
 
 TINY = dict(num_entities=600, num_triples=8000, num_groups=10, num_attributes=5)
 
@@ -154,7 +155,7 @@ def test_adam_in_backward_trains_exactly_like_plain_adam(data):
     for in_backward in (False, True):
         config = tiny_config(optimizer_in_backward=in_backward)
         model = build_model(config, data)
-        opt, q_opt = loop_mod._optimizers(model, config)
+        opt, q_opt = build_optimizers(model, config)
         assert isinstance(opt, BackwardAdam) == in_backward
         torch.manual_seed(0)
         for epoch in (1, 2):

@@ -73,3 +73,9 @@ def peak_memory_mb(device: torch.device) -> Union[float, None]:
     if torch.device(device).type != "cuda":
         return None
     return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    r"""The device of :obj:`model`'s first parameter (CPU for a model without parameters)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_json, load_checkpoint, remove_stale_tmp
 from .config import TrainConfig
-from .device import resolve_device
+from .device import model_device, resolve_device
 from .ensemble import EnsembleScorer
 from .loop import (
     BEST,
@@ -24,7 +24,6 @@ from .loop import (
     PathLike,
     _check_modalities,
     _evaluate,
-    _model_device,
     _scalars,
     build_model,
     environment,
@@ -131,7 +130,7 @@ def _train_ensemble(config: TrainConfig, out: Path, data: HeteroData, resume: bo
         },
         "num_parameters": int(sum(p.numel() for p in ensemble.parameters())),
         "config": config.to_dict(),
-        "env": environment(_model_device(ensemble)),
+        "env": environment(model_device(ensemble)),
     }
     if main:
         atomic_write_json(metrics, out / METRICS)
