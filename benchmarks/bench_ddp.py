@@ -54,6 +54,21 @@ def run(procs: int, threads: int, args: argparse.Namespace, root: Path,
             "world_size": m.get("world_size", 1), "wall_seconds": time.perf_counter() - t0}
 
 
+def markdown(res: Dict[str, Any]) -> str:
+    r"""The measurements of a result JSON as a Markdown table (``--table`` prints it)."""
+    lines = ["| processes x threads | steps / s | s / epoch (median) | vs first row | "
+             "test MRR |", "|---|---|---|---|---|"]
+    for r in res["results"]:
+        if r["ok"]:
+            lines.append(f"| {r['procs']} x {r['threads']} | {r['steps_per_second']:.2f} | "
+                         f"{r['epoch_seconds_median']:.2f} | "
+                         f"{r.get('speedup_vs_first', float('nan')):.2f}x | "
+                         f"{r['test_mrr']:.4f} |")
+        else:
+            lines.append(f"| {r['procs']} x {r['threads']} | failed | — | — | — |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=["1x2", "2x1"], metavar="PxT",
@@ -65,7 +80,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="benchmarks/results/ddp-cpu.json")
+    p.add_argument("--table", metavar="JSON", default=None,
+                   help="print the Markdown table of a written result JSON and exit")
     args = p.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return {}
     rows: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, c in enumerate(args.configs):
@@ -89,6 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(f"wrote {args.out}")
+    print(markdown(res))
     return res
 
 

@@ -142,6 +142,46 @@ def plot(results: List[Dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def memory_fit(results: List[Dict[str, Any]], mode: str = "1-N",
+               budget_gib: float = 24.0) -> Optional[Dict[str, float]]:
+    r"""A least-squares line through peak RSS vs :math:`N` of :obj:`mode`'s measurements that
+    fitted (the two largest sizes or more) and the :math:`N` where it reaches
+    :obj:`budget_gib`: where that mode stops fitting the machine's memory, extrapolated."""
+    rows = sorted((r["num_entities"], r["peak_rss_mb"]) for r in results
+                  if r["mode"] == mode and r["ok"])[-3:]
+    if len(rows) < 2:
+        return None
+    n = torch.tensor([float(x) for x, _ in rows], dtype=torch.float64)
+    mb = torch.tensor([float(y) for _, y in rows], dtype=torch.float64)
+    a = torch.stack([n, torch.ones_like(n)], 1)
+    slope, icpt = torch.linalg.lstsq(a, mb.unsqueeze(1)).solution.squeeze(1).tolist()
+    return {"mb_per_entity": slope, "intercept_mb": icpt, "budget_gib": budget_gib,
+            "fit_sizes": [x for x, _ in rows],
+            "entities_at_budget": (budget_gib * 1024 - icpt) / slope if slope > 0 else None}
+
+
+def markdown(res: Dict[str, Any]) -> str:
+    r"""The measurements of a result JSON as a Markdown table (``--table`` prints it)."""
+    lines = ["| entities N | mode | s / step | s / epoch (extrapolated) | s to rank the test "
+             "split (extrapolated) | peak RSS (MB) |", "|---|---|---|---|---|---|"]
+    for r in res["results"]:
+        if r["ok"]:
+            lines.append(f"| {r['num_entities']:,} | {r['mode']} | {r['step_seconds']:.2f} | "
+                         f"{r['epoch_seconds']:,.0f} | {r['eval_seconds_test_split']:,.0f} | "
+                         f"{r['peak_rss_mb']:,.0f} |")
+        else:
+            why = "out of memory" if r.get("out_of_memory") else "error"
+            lines.append(f"| {r['num_entities']:,} | {r['mode']} | did not fit: {why} "
+                         f"(address-space cap {res['cap_gb']} GiB) | — | — | — |")
+    fit = memory_fit(res["results"])
+    if fit is not None and fit["entities_at_budget"] is not None:
+        lines += ["", f"1-N peak RSS grows by {1024 * fit['mb_per_entity']:.1f} KB per entity "
+                  f"(least squares over N = {', '.join(f'{x:,}' for x in fit['fit_sizes'])}); "
+                  f"the line reaches {fit['budget_gib']:g} GiB at N ≈ "
+                  f"{fit['entities_at_budget']:,.0f} (extrapolated)."]
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
@@ -156,8 +196,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--cap-gb", type=float, default=22.0,
                    help="address-space cap per measurement (the machine has 24 GiB)")
     p.add_argument("--out", default="benchmarks/results/scaling-cpu.json")
+    p.add_argument("--table", metavar="JSON", default=None,
+                   help="print the Markdown table of a written result JSON and exit")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return {}
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return {}
@@ -183,13 +228,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     res = {"command": "python benchmarks/bench_scaling.py " + " ".join(
                a for a in (argv if argv is not None else sys.argv[1:])),
            "commit": git_commit(), "env": environment(torch.device("cpu")),
-           "cap_gb": args.cap_gb, "results": results}
+           "cap_gb": args.cap_gb, "results": results,
+           "one_to_n_memory_fit": memory_fit(results)}
     out.write_text(json.dumps(res, indent=2))
     if any(r["ok"] for r in results):
         plot(results, out.with_suffix(".png"))
         print(f"wrote {out} and {out.with_suffix('.png')}")
     else:
         print(f"wrote {out} (no measurement succeeded: no plot)")
+    print(markdown(res))
     return res
 
 
