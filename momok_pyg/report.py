@@ -363,11 +363,16 @@ def section_gates(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
         plt.close(fig)
         out += [f"![{r['name']}]({rel / path.name})", ""]
         mods = list(r["per_relation_mrr"])
-        rows = [[rel_name, *(_pct(r["per_relation_mrr"][m].get(rel_name)) for m in mods),
+        queries: Dict[str, int] = defaultdict(int)  # both directions of each relation
+        for name, c in zip(st["relations"], st["count"]):
+            queries[name.removesuffix(" (inverse)")] += int(c)
+        rows = [[rel_name, queries.get(rel_name, "—"),
+                 *(_pct(r["per_relation_mrr"][m].get(rel_name)) for m in mods),
                  r["best_modality"][rel_name]] for rel_name in sorted(r["best_modality"])]
         out += [f"Test MRR (%) per relation of each modality's own score "
-                f"(`{r['source']}`):", ""]
-        out += _table(["relation", *mods, "best"], rows) + [""]
+                f"(`{r['source']}`; *queries*: test queries of the relation, both directions; "
+                f"a handful of queries makes a row noisy):", ""]
+        out += _table(["relation", "queries", *mods, "best"], rows) + [""]
     return out + _provenance(results)
 
 

@@ -120,7 +120,7 @@ def test_other_sections(results, tmp_path):
     cost = _row(text, "MKG-Y", "tucker")
     assert "| 12.5 |" in cost and "| 812 |" in cost
     assert "| 776 |" in _row(text, "MKG-Y", "fine-tuned")
-    assert "| 60.00 | joint |" in _row(text, "a")
+    assert "| a | 6 | 50.00 | 60.00 | joint |" in _row(text, "a")  # 3 + 3 queries
     for png in ("robustness.png", "ablations.png", "gates-MKG-Y.png"):
         assert (tmp_path / "fig" / png).stat().st_size > 1000
 
