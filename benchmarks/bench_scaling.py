@@ -125,8 +125,11 @@ def plot(results: List[Dict[str, Any]], path: Path) -> None:
         for ax, key, label in zip(axes, ("epoch_seconds", "eval_seconds_test_split",
                                          "peak_rss_mb"),
                                   ("s per epoch", "s to rank the test split",
-                                   "peak RSS (MB)")):
-            ax.plot(xs, [r[key] for r in rows], marker=marker, label=mode)
+                                   "peak RSS (MB; dashed: training only)")):
+            line, = ax.plot(xs, [r[key] for r in rows], marker=marker, label=mode)
+            if key == "peak_rss_mb":
+                ax.plot(xs, [r["train_peak_rss_mb"] for r in rows], ls="--", marker=marker,
+                        color=line.get_color(), alpha=0.7)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("entities N")
@@ -197,11 +200,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                    help="address-space cap per measurement (the machine has 24 GiB)")
     p.add_argument("--out", default="benchmarks/results/scaling-cpu.json")
     p.add_argument("--table", metavar="JSON", default=None,
-                   help="print the Markdown table of a written result JSON and exit")
+                   help="print the Markdown table of a written result JSON, redraw its plot "
+                        "and exit")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.table:
-        print(markdown(json.loads(Path(args.table).read_text())))
+    if args.table:  # the table, and the plot redrawn next to the JSON
+        res = json.loads(Path(args.table).read_text())
+        print(markdown(res))
+        if any(r["ok"] for r in res["results"]):
+            plot(res["results"], Path(args.table).with_suffix(".png"))
         return {}
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
