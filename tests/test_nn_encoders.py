@@ -89,6 +89,9 @@ def test_the_edge_wise_rgcn_layers_equal_pyg_rgcnconv(num_bases):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="impl must be one of"):
         RGCNEncoder(4, 2, impl="sparse")
+    with pytest.raises(ValueError, match=r"RGCNEncoder\(dim=12\) got entity states of shape "
+                                         r"\(30, 8\)"):
+        fast(torch.randn(30, 8), edge_index, edge_type)
 
 
 def test_bad_encoders_and_graphs_are_refused():

@@ -14,6 +14,7 @@ r"""MoMoK model components (paper Section 4).
 and tests; :mod:`momok_pyg.nn.kernels` holds the fast paths the modules above call.
 """
 from .baselines import TuckER
+from .encoders import RGCNEncoder
 from .exid import CLUB, ExID
 from .kernels.grouped import group_by_relation, relation_grouped_matmul
 from .kernels.tucker_dropout import (
@@ -38,5 +39,5 @@ __all__ = [
     "StructureTable", "preprocess_features", "group_by_relation", "relation_grouped_matmul",
     "gate_entropy", "JOINT", "one_to_n_loss", "linear_one_to_n_loss", "MoMoKLoss",
     "per_sample_dropout_matmul", "keep_masks", "draw_keep_masks", "keep_probability",
-    "keep_threshold", "gradient_noise_matmul", "KGEScorer", "KGE_MODELS",
+    "keep_threshold", "gradient_noise_matmul", "KGEScorer", "KGE_MODELS", "RGCNEncoder",
 ]

@@ -111,6 +111,10 @@ class RGCNEncoder(torch.nn.Module):
             conv.reset_parameters()
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_type: Tensor) -> Tensor:
+        dim = self.convs[0].in_channels_l
+        if x.dim() != 2 or x.size(1) != dim:
+            raise ValueError(f"RGCNEncoder(dim={dim}) got entity states of shape "
+                             f"{tuple(x.shape)}; build it with the model's dim")
         if self.add_inverse:
             edge_index = torch.cat([edge_index, edge_index.flip(0)], dim=1)
             edge_type = torch.cat([edge_type, edge_type + self.num_relations])
