@@ -12,6 +12,10 @@ connection) before ReMoKE's experts; everything else is the Table 1 MoMoK of
 
 Every ``momok-pyg train`` flag is accepted and overrides these defaults; the run directory
 (default runs/mkg-y-rgcn) resumes from its last.pt when rerun.
+
+The recorded results of this composition (RESULTS.md, "Composing with PyG") come from
+``momok-pyg reproduce encoders --raw-root ../shared/mmkg``, which trains it with exactly the
+Table 1 settings of the run it is compared with (TuckER: its grid point selected on valid).
 """
 import sys
 
