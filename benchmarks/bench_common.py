@@ -282,3 +282,9 @@ def eval_flops(kind: str, num_queries: int, batch_size: int, U_per_batch: Sequen
         for k, v in f.items():
             total[k] = total.get(k, 0.0) + v
     return total
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
+    r"""A Markdown table: the header, its rule and one line per row (cells as given)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment, git_commit  # noqa: E402
+from bench_common import environment, git_commit, markdown_table  # noqa: E402
 
 
 def run(procs: int, threads: int, args: argparse.Namespace, root: Path,
@@ -56,17 +56,12 @@ def run(procs: int, threads: int, args: argparse.Namespace, root: Path,
 
 def markdown(res: Dict[str, Any]) -> str:
     r"""The measurements of a result JSON as a Markdown table (``--table`` prints it)."""
-    lines = ["| processes x threads | steps / s | s / epoch (median) | vs first row | "
-             "test MRR |", "|---|---|---|---|---|"]
-    for r in res["results"]:
-        if r["ok"]:
-            lines.append(f"| {r['procs']} x {r['threads']} | {r['steps_per_second']:.2f} | "
-                         f"{r['epoch_seconds_median']:.2f} | "
-                         f"{r.get('speedup_vs_first', float('nan')):.2f}x | "
-                         f"{r['test_mrr']:.4f} |")
-        else:
-            lines.append(f"| {r['procs']} x {r['threads']} | failed | — | — | — |")
-    return "\n".join(lines)
+    rows = [[f"{r['procs']} x {r['threads']}", f"{r['steps_per_second']:.2f}",
+             f"{r['epoch_seconds_median']:.2f}", f"{r.get('speedup_vs_first', float('nan')):.2f}x",
+             f"{r['test_mrr']:.4f}"] if r["ok"] else
+            [f"{r['procs']} x {r['threads']}", "failed", "—", "—", "—"] for r in res["results"]]
+    return "\n".join(markdown_table(["processes x threads", "steps / s", "s / epoch (median)",
+                                      "vs first row", "test MRR"], rows))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment, git_commit, peak_rss_mb  # noqa: E402
+from bench_common import environment, git_commit, markdown_table, peak_rss_mb  # noqa: E402
 
 MODES = ("1-N", "sampled")
 
@@ -165,17 +165,18 @@ def memory_fit(results: List[Dict[str, Any]], mode: str = "1-N",
 
 def markdown(res: Dict[str, Any]) -> str:
     r"""The measurements of a result JSON as a Markdown table (``--table`` prints it)."""
-    lines = ["| entities N | mode | s / step | s / epoch (extrapolated) | s to rank the test "
-             "split (extrapolated) | peak RSS (MB) |", "|---|---|---|---|---|---|"]
+    rows = []
     for r in res["results"]:
         if r["ok"]:
-            lines.append(f"| {r['num_entities']:,} | {r['mode']} | {r['step_seconds']:.2f} | "
-                         f"{r['epoch_seconds']:,.0f} | {r['eval_seconds_test_split']:,.0f} | "
-                         f"{r['peak_rss_mb']:,.0f} |")
+            rows.append([f"{r['num_entities']:,}", r["mode"], f"{r['step_seconds']:.2f}",
+                         f"{r['epoch_seconds']:,.0f}", f"{r['eval_seconds_test_split']:,.0f}",
+                         f"{r['peak_rss_mb']:,.0f}"])
         else:
             why = "out of memory" if r.get("out_of_memory") else "error"
-            lines.append(f"| {r['num_entities']:,} | {r['mode']} | did not fit: {why} "
-                         f"(address-space cap {res['cap_gb']} GiB) | — | — | — |")
+            rows.append([f"{r['num_entities']:,}", r["mode"], f"did not fit: {why} "
+                         f"(address-space cap {res['cap_gb']} GiB)", "—", "—", "—"])
+    lines = markdown_table(["entities N", "mode", "s / step", "s / epoch (extrapolated)",
+                            "s to rank the test split (extrapolated)", "peak RSS (MB)"], rows)
     fit = memory_fit(res["results"])
     if fit is not None and fit["entities_at_budget"] is not None:
         lines += ["", f"1-N peak RSS grows by {1024 * fit['mb_per_entity']:.1f} KB per entity "
