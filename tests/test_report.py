@@ -196,3 +196,17 @@ def test_encoders_section_compares_with_its_table1_run_at_both_budgets(tmp_path)
     assert cells[9:13] == ["36.00", "-1.00", "30.00", "+5.00"]
     assert report.selected_within(ref, 5) == pytest.approx(0.2)
     assert report.selected_within(ref, 20) == pytest.approx(0.31)
+
+
+def test_status_counts_planned_runs_against_result_files(tmp_path):
+    from momok_pyg import reproduce as R
+    root = tmp_path / "results"
+    name = "tucker-MKG-Y-lossce-lr0.001-seed0"  # a planned Table 1 grid run
+    _write(root, _result("table1", name, dict(dataset="MKG-Y", model="tucker", stage="grid",
+                                              grid={"loss": "ce", "lr": 0.001}), 0.36))
+    text = report.render(root, tmp_path / "fig")
+    planned = len(R.plan("table1", R.Options(results_dir=str(root))))
+    row = _row(text, "`table1`")
+    assert f"| 1 / {planned} |" in row and name not in row
+    assert "| 0 / 2 |" in _row(text, "`unseen`")
+    assert "`momok-MKG-Y-finetuned-seed0`, `momok-MKG-Y-fixed-seed0`" in _row(text, "`unseen`")
