@@ -108,7 +108,9 @@ def _machines(results: Iterable[Dict[str, Any]]) -> str:
 
 def _provenance(results: Sequence[Dict[str, Any]]) -> List[str]:
     commands = sorted({r.get("command") or "?" for r in results})
-    commits = sorted({str(r.get("commit"))[:12] for r in results})
+    # every commit a run trained under (a resumed run may span several)
+    commits = sorted({str(c)[:12] for r in results
+                      for c in (r.get("commits") or [r.get("commit")])})
     out = ["Written by:", ""]
     out += [f"    {c}" for c in commands]
     out += ["", f"Commits: {', '.join(f'`{c}`' for c in commits)}. Machine: {_machines(results)}."

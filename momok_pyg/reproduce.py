@@ -524,6 +524,8 @@ def summarise(spec: RunSpec, metrics: Dict[str, Any], command: str, wall: float,
         "config": spec.config.to_dict(),
         "env": metrics.get("env"),
         "commit": (metrics.get("env") or {}).get("git_commit"),
+        # every commit the run trained under, in order (resumed runs may span several)
+        "commits": metrics.get("git_commits") or [(metrics.get("env") or {}).get("git_commit")],
         "model": metrics.get("model"),
         "max_epochs": spec.config.epochs,
         "epochs_run": metrics.get("epochs_run"),
@@ -636,6 +638,7 @@ def _run_one(spec: RunSpec, run_dir: Path, opts: Options, command: str) -> Dict[
         return {"version": RESULT_VERSION, "experiment": spec.experiment, "name": spec.name,
                 "kind": "gates", "meta": spec.meta, "source": spec.source,
                 "command": command, "config": spec.config.to_dict(),
+                "commit": out["env"].get("git_commit"),
                 "env": out.pop("env"), "wall_seconds": time.perf_counter() - t0, **out}
     metrics, wall, rss = run_training(spec, run_dir, run_dir / "train.log")
     return summarise(spec, metrics, command, wall, rss)

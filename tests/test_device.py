@@ -99,3 +99,28 @@ def test_commit_of_a_tree_copy_without_git(tmp_path, monkeypatch):
     assert git_commit(tmp_path) == "0123abc+copy"
     # it also overrides a checkout's own (possibly stale) git state
     assert git_commit(Path(__file__).parent) == "0123abc+copy"
+
+
+def test_a_run_resumed_under_new_code_records_every_commit(tmp_path, monkeypatch):
+    # the commit recorded is the code that ran, not the tree at the end: a run trained for
+    # 1 epoch at commit A and resumed at commit B lists both, B as the finishing code
+    monkeypatch.setenv("MOMOK_PYG_COMMIT", "aaaa")
+    first = train(_config(device="cpu", epochs=1), tmp_path / "r")
+    assert first["git_commits"] == ["aaaa+copy"] == [first["env"]["git_commit"]]
+    monkeypatch.setenv("MOMOK_PYG_COMMIT", "bbbb")
+    resumed = train(_config(device="cpu", epochs=2), tmp_path / "r")
+    assert resumed["git_commits"] == ["aaaa+copy", "bbbb+copy"]
+    assert resumed["env"]["git_commit"] == "bbbb+copy"
+    again = train(_config(device="cpu", epochs=3), tmp_path / "r")  # same code: no repeat
+    assert again["git_commits"] == ["aaaa+copy", "bbbb+copy"]
+
+
+def test_a_checkpoint_from_before_commit_tracking_takes_its_last_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOMOK_PYG_COMMIT", "old")
+    train(_config(device="cpu", epochs=1), tmp_path / "r")
+    ckpt = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+    del ckpt["state"]["commits"]  # as written before commits were tracked
+    torch.save(ckpt, tmp_path / "r" / "last.pt")
+    monkeypatch.setenv("MOMOK_PYG_COMMIT", "new")
+    resumed = train(_config(device="cpu", epochs=2), tmp_path / "r")
+    assert resumed["git_commits"] == ["old+copy", "new+copy"]  # from env_start.json

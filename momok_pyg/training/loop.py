@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import math
 import os
 import platform
@@ -237,8 +238,16 @@ def _cpu_model() -> Optional[str]:
 # ---------------------------------------------------------------------------------------------
 # a full run
 # ---------------------------------------------------------------------------------------------
+def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _fresh_state() -> Dict[str, Any]:
-    return {"epoch": 0, "best_epoch": None, "best_valid_mrr": -math.inf, "best_valid": None,
+    return {"epoch": 0, "commits": [], "best_epoch": None, "best_valid_mrr": -math.inf,
+            "best_valid": None,
             "bad_evals": 0, "stopped_early": False, "valid_curve": [], "train_curve": [],
             "test_curve": [], "epoch_seconds": [], "eval_seconds": 0.0,
             "elapsed_seconds": 0.0}
@@ -321,6 +330,7 @@ def _fit(config: TrainConfig, out: Path, data: Optional[HeteroData], resume: boo
 
     model = build_model(config, data).to(device)
     reset_peak_memory(device)
+    previous_start = _read_json(out / "env_start.json")  # the last (re)start's record
     if main:  # the code and the model's effective settings (defaults included) at start
         atomic_write_json({"env": {**environment(device), "world_size": world},
                            "model": repr(model)}, out / "env_start.json")
@@ -340,6 +350,14 @@ def _fit(config: TrainConfig, out: Path, data: Optional[HeteroData], resume: boo
         set_rng_state(ckpt["rng"])
         state.setdefault("test_curve", [])
         log(f"[{out}] resumed after epoch {state['epoch']}")
+    # the code of every (re)start, in order: a run resumed after a commit trained under both
+    start_commit = environment()["git_commit"]
+    if "commits" not in state:  # a checkpoint from before commit tracking: its last start
+        state["commits"] = ([] if ckpt is None else
+                            [((previous_start or {}).get("env") or {}).get("git_commit",
+                                                                           "unknown")])
+    if not state["commits"] or state["commits"][-1] != start_commit:
+        state["commits"].append(start_commit)
 
     from momok_pyg.evaluate import FilterIndex
     filter_index = FilterIndex.from_data(data)
@@ -472,6 +490,9 @@ def _metrics(config, state, test, per_modality, final_eval, wall, model, queries
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
         "num_train_queries": len(queries),
         "config": config.to_dict(),
-        "env": environment(model_device(model)),
+        # git_commit: the code that ran this process (its start), not the tree at the end
+        "env": {**environment(model_device(model)),
+                **({"git_commit": state["commits"][-1]} if state.get("commits") else {})},
+        "git_commits": list(state.get("commits") or []),
         "peak_gpu_memory_mb": peak_memory_mb(model_device(model)),
     }
