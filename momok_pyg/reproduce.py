@@ -99,8 +99,8 @@ BASELINE_MODELS = ("transe", "distmult", "complex", "rotate")
 BASELINE = dict(loss="ce", dim=200, batch_size=1024)
 BASELINE_LRS = (1e-3, 1e-2)
 #: constructor arguments of a baseline beyond PyG's defaults: TransE with the L2 distance
-#: (PyG's default L1 makes the 1-N ``cdist`` backward ~14x slower than L2 on a CPU: 8.2 vs
-#: 0.59 s per 1024 x 15k batch, d = 200)
+#: (PyG's default L1 has no matrix-product form; its 1-N ``cdist`` backward was over ten
+#: times slower than L2's in an ad-hoc CPU timing at a 1024 x 15k batch, d = 200)
 BASELINE_KWARGS = {"transe": {"p_norm": 2.0}}
 #: the structure encoder of the ``encoders`` experiment: two RGCNConv layers (inverse edges,
 #: residual; :class:`~momok_pyg.nn.encoders.RGCNEncoder` defaults)
