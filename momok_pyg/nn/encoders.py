@@ -44,7 +44,7 @@ def rgcn_edges(conv: RGCNConv, x: Tensor, plan: Tuple[Tensor, Tensor, Tensor, li
     :class:`~torch_geometric.nn.RGCNConv` without ``pyg-lib`` transforms all :math:`N` nodes
     once per relation (:math:`|\mathcal{R}| N d^2`: 20x more on MKG-Y's 56 typed relations).
     Same function as ``conv(x, edge_index, edge_type)`` (mean per relation, root weight,
-    bias); :func:`tests <tests.test_encoders>` hold them equal, gradients included."""
+    bias); ``tests/test_nn_encoders.py`` holds them equal, gradients included."""
     src, dst, norm, counts = plan
     weight = conv.weight
     if conv.num_bases is not None:  # basis decomposition, as RGCNConv composes it
