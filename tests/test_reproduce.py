@@ -11,6 +11,7 @@ import torch
 
 from momok_pyg import reproduce as R
 from momok_pyg.datasets.synthetic import make_synthetic_mmkg
+from momok_pyg.reproduce.runner import _Lock
 from momok_pyg.training import TrainConfig, load_checkpoint, train
 from momok_pyg.training import loop as loop_mod
 
@@ -72,8 +73,9 @@ def test_features_default_to_official_when_its_files_are_present(tmp_path):
         (tmp_path / "MKG-Y" / f).write_bytes(b"")
     assert R.features_for("MKG-Y", opts) == "official"
     assert R.features_for("KVC16K", opts) == "names"  # its folder is Kuai16K
-    spec = next(s for s in R.table1(R.Options(raw_root=str(tmp_path), models=["momok"],
-                                              datasets=["MKG-Y"]), {}))
+    table1 = R.EXPERIMENTS["table1"]
+    spec = next(s for s in table1(R.Options(raw_root=str(tmp_path), models=["momok"],
+                                            datasets=["MKG-Y"]), {}))
     assert spec.config.features == "official"
     assert spec.config.raw_from == str(tmp_path / "MKG-Y")
 
@@ -109,20 +111,20 @@ def test_run_experiment_end_to_end_and_resumes(tmp_path):
 
 
 def test_locks_skip_claimed_runs_and_take_over_stale_ones(tmp_path):
-    lock = R._Lock(tmp_path / "run")
+    lock = _Lock(tmp_path / "run")
     assert lock.acquire()
-    assert not R._Lock(tmp_path / "run").acquire()  # held by a live process (us)
+    assert not _Lock(tmp_path / "run").acquire()  # held by a live process (us)
     lock.release()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / "run" / R._Lock.NAME).write_text(str(dead.pid))
-    assert R._Lock(tmp_path / "run").acquire()  # the holder is gone
+    (tmp_path / "run" / _Lock.NAME).write_text(str(dead.pid))
+    assert _Lock(tmp_path / "run").acquire()  # the holder is gone
 
 
 def test_a_claimed_run_is_left_to_its_holder(tmp_path):
     opts = _opts(tmp_path, seeds=[0], grid=[{"lr": 0.02}])
     name = R.plan("table1", opts)[0].name
-    assert R._Lock(tmp_path / "runs" / "table1" / name).acquire()
+    assert _Lock(tmp_path / "runs" / "table1" / name).acquire()
     assert R.run_experiment("table1", opts, log=_quiet) == 0
     assert R.status("table1", opts)[0]["state"] == "running"
 

@@ -1,0 +1,238 @@
+r"""Running the planned runs: one child process per training run (``momok-pyg train
+--config``, its own peak RSS), a lock file per run directory so that several processes share
+an experiment, and the result JSON of each finished run (:func:`summarise`)."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from momok_pyg.training.checkpoint import atomic_write_json
+
+from .plans import RESULT_VERSION, Options, RunSpec, load_results, plan
+
+
+class _Lock:
+    r"""An exclusive claim on a run directory (``.reproduce.lock`` holding the pid); a lock
+    of a process that no longer exists is taken over."""
+    NAME = ".reproduce.lock"
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / self.NAME
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _alive(pid):
+                    return False
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return True
+        return False
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _median(xs: Sequence[float]) -> Optional[float]:
+    return float(statistics.median(xs)) if xs else None
+
+
+def _upstream_style(curve: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    r"""Each metric's best value over the periodic test evaluations, as upstream's training
+    script reports it (max of MRR / Hits, min of MR, each from its own epoch)."""
+    if not curve:
+        return None
+    out: Dict[str, Any] = {}
+    for key in ("mrr", "hits@1", "hits@3", "hits@10"):
+        best = max(curve, key=lambda c: c[key])
+        out[key], out[f"{key}_epoch"] = best[key], best["epoch"]
+    best = min(curve, key=lambda c: c["mr"])
+    out["mr"], out["mr_epoch"] = best["mr"], best["epoch"]
+    out["evaluations"] = len(curve)
+    return out
+
+
+def summarise(spec: RunSpec, metrics: Dict[str, Any], command: str, wall: float,
+              peak_rss_mb: Optional[float]) -> Dict[str, Any]:
+    r"""The result JSON of a finished training run (what :mod:`momok_pyg.report` reads)."""
+    test = metrics["test"]
+    keep = ("mrr", "mr", "hits@1", "hits@3", "hits@10", "count")
+    valid_curve = metrics.get("valid_curve") or []
+    last_eval = valid_curve[-1]["epoch"] if valid_curve else None
+    timing = metrics.get("timing", {})
+    epoch_seconds = timing.get("epoch_seconds", [])
+    return {
+        "version": RESULT_VERSION,
+        "experiment": spec.experiment,
+        "name": spec.name,
+        "meta": spec.meta,
+        "command": command,
+        "config": spec.config.to_dict(),
+        "env": metrics.get("env"),
+        "commit": (metrics.get("env") or {}).get("git_commit"),
+        # every commit the run trained under, in order (resumed runs may span several)
+        "commits": metrics.get("git_commits") or [(metrics.get("env") or {}).get("git_commit")],
+        "model": metrics.get("model"),
+        "max_epochs": spec.config.epochs,
+        "epochs_run": metrics.get("epochs_run"),
+        "best_epoch": metrics.get("best_epoch"),
+        "stopped_early": metrics.get("stopped_early"),
+        # valid still rising: the best evaluation is the last one and patience did not stop it
+        "valid_still_rising": (not metrics.get("stopped_early")
+                               and metrics.get("best_epoch") == last_eval),
+        "wall_seconds": timing.get("elapsed_seconds"),
+        "epoch_seconds_median": _median(epoch_seconds[1:] or epoch_seconds),
+        "epoch_seconds": epoch_seconds,
+        "peak_rss_mb": peak_rss_mb,
+        "peak_gpu_memory_mb": metrics.get("peak_gpu_memory_mb"),
+        "select_on": metrics.get("select_on", "valid"),
+        "best_valid": metrics.get("best_valid"),
+        "valid_curve": valid_curve,
+        "test_curve": metrics.get("test_curve") or [],
+        "test": {**{k: test[k] for k in keep if k in test},
+                 **{k: {kk: test[k][kk] for kk in keep if kk in test[k]}
+                    for k in ("head", "tail", "unseen_entity") if k in test},
+                 "per_relation": test.get("per_relation", {})},
+        "per_modality": {m: {k: v[k] for k in keep if k in v}
+                         for m, v in (metrics.get("per_modality") or {}).items()},
+        "upstream_style": _upstream_style(metrics.get("test_curve") or []),
+        "num_parameters": metrics.get("num_parameters"),
+    }
+
+
+def _child_command(spec: RunSpec, run_dir: Path) -> List[str]:
+    cfg = run_dir / "reproduce_config.json"
+    spec.config.save(cfg)
+    return [sys.executable, "-m", "momok_pyg.cli", "train", "--config", str(cfg),
+            "--out", str(run_dir)]
+
+
+def run_training(spec: RunSpec, run_dir: Path, log_path: Path) -> tuple:
+    r"""Trains :obj:`spec` in a child process; returns ``(metrics, wall, peak_rss_mb)``."""
+    cmd = _child_command(spec, run_dir)
+    t0 = time.perf_counter()
+    with open(log_path, "a") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"run {spec.experiment}/{spec.name} failed (exit "
+                           f"{proc.returncode}); see {log_path}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return metrics, wall, usage.ru_maxrss / 1024.0  # Linux: kilobytes
+
+
+def run_experiment(experiment: str, opts: Options, command: str = "",
+                   limit: Optional[int] = None, log: Callable[[str], None] = print) -> int:
+    r"""Runs the pending runs of :obj:`experiment` one after another (skipping finished runs
+    and runs another process holds) until none is left or :obj:`limit` runs were done;
+    returns the number of runs finished by this call."""
+    finished = 0
+    failed: set = set()
+    while limit is None or finished < limit:
+        done = load_results(opts.results_dir, experiment)
+        specs = plan(experiment, opts)
+        pending = [s for s in specs if s.name not in done and s.name not in failed]
+        started = False
+        for spec in pending:
+            source_done = (done if "source_experiment" not in spec.meta else
+                           load_results(opts.results_dir, spec.meta["source_experiment"]))
+            if spec.kind == "gates" and spec.source not in source_done:
+                continue  # its training run is not finished yet
+            run_dir = Path(opts.runs_dir) / experiment / spec.name
+            lock = _Lock(run_dir)
+            if not lock.acquire():
+                continue
+            try:
+                if (Path(opts.results_dir) / experiment / f"{spec.name}.json").exists():
+                    continue  # finished by another process meanwhile
+                started = True
+                log(f"[reproduce {experiment}] {spec.name}: start")
+                try:
+                    result = _run_one(spec, run_dir, opts, command)
+                except Exception as e:  # keep going with the other runs
+                    failed.add(spec.name)
+                    log(f"[reproduce {experiment}] {spec.name}: FAILED: {e}")
+                    break
+                atomic_write_json(result, Path(opts.results_dir) / experiment /
+                                  f"{spec.name}.json")
+                finished += 1
+                log(f"[reproduce {experiment}] {spec.name}: done")
+            finally:
+                lock.release()
+            break
+        if not started:
+            break
+    waiting = [s.name for s in plan(experiment, opts)
+               if s.name not in load_results(opts.results_dir, experiment)]
+    log(f"[reproduce {experiment}] {finished} run(s) finished by this call; "
+        f"{len(waiting)} pending" + (f"; failed: {sorted(failed)}" if failed else ""))
+    return finished
+
+
+def _run_one(spec: RunSpec, run_dir: Path, opts: Options, command: str) -> Dict[str, Any]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if spec.kind == "gates":
+        from momok_pyg.interpret import gate_report
+        source_dir = (Path(opts.runs_dir) / spec.meta.get("source_experiment", spec.experiment)
+                      / spec.source)
+        t0 = time.perf_counter()
+        out = gate_report(source_dir)
+        return {"version": RESULT_VERSION, "experiment": spec.experiment, "name": spec.name,
+                "kind": "gates", "meta": spec.meta, "source": spec.source,
+                "command": command, "config": spec.config.to_dict(),
+                "commit": out["env"].get("git_commit"),
+                "env": out.pop("env"), "wall_seconds": time.perf_counter() - t0, **out}
+    metrics, wall, rss = run_training(spec, run_dir, run_dir / "train.log")
+    return summarise(spec, metrics, command, wall, rss)
+
+
+def status(experiment: str, opts: Options) -> List[Dict[str, Any]]:
+    r"""One row per known run: name, state (``done`` / ``running`` / ``partial`` /
+    ``pending``) and, when done, its test MRR."""
+    done = load_results(opts.results_dir, experiment)
+    rows = []
+    for spec in plan(experiment, opts):
+        run_dir = Path(opts.runs_dir) / experiment / spec.name
+        if spec.name in done:
+            state = "done"
+        elif (run_dir / _Lock.NAME).exists():
+            state = "running"
+        elif (run_dir / "last.pt").exists():
+            state = "partial"
+        else:
+            state = "pending"
+        row = {"name": spec.name, "state": state}
+        if spec.name in done and "test" in done[spec.name]:
+            row["test_mrr"] = done[spec.name]["test"]["mrr"]
+        rows.append(row)
+    return rows
