@@ -233,9 +233,6 @@ def _cpu_model() -> Optional[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# one epoch
-# ---------------------------------------------------------------------------------------------
-# ---------------------------------------------------------------------------------------------
 # a full run
 # ---------------------------------------------------------------------------------------------
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
@@ -331,8 +328,9 @@ def _fit(config: TrainConfig, out: Path, data: Optional[HeteroData], resume: boo
     model = build_model(config, data).to(device)
     reset_peak_memory(device)
     previous_start = _read_json(out / "env_start.json")  # the last (re)start's record
+    start_env = environment(device)
     if main:  # the code and the model's effective settings (defaults included) at start
-        atomic_write_json({"env": {**environment(device), "world_size": world},
+        atomic_write_json({"env": {**start_env, "world_size": world},
                            "model": repr(model)}, out / "env_start.json")
     _check_modalities(model, config.eval_modalities if member is None else None)
     # under DDP an optimizer step inside backward would run before the gradient is averaged
@@ -351,7 +349,7 @@ def _fit(config: TrainConfig, out: Path, data: Optional[HeteroData], resume: boo
         state.setdefault("test_curve", [])
         log(f"[{out}] resumed after epoch {state['epoch']}")
     # the code of every (re)start, in order: a run resumed after a commit trained under both
-    start_commit = environment()["git_commit"]
+    start_commit = start_env["git_commit"]
     if "commits" not in state:  # a checkpoint from before commit tracking: its last start
         state["commits"] = ([] if ckpt is None else
                             [((previous_start or {}).get("env") or {}).get("git_commit",
