@@ -13,7 +13,7 @@ import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 if TYPE_CHECKING:
     from os import PathLike as _OsPathLike
@@ -118,30 +118,36 @@ def _provenance(results: Sequence[Dict[str, Any]]) -> List[str]:
     return out
 
 
+def _test_at_best(r: Dict[str, Any], valid: List[Dict[str, Any]],
+                  score: Callable[[Dict[str, Any]], float]) -> Optional[float]:
+    r"""Test MRR of :obj:`r`'s tracked test curve at the evaluation of :obj:`valid` (entries
+    of its valid curve) with the highest :obj:`score` (``None`` without either curve)."""
+    test = {c["epoch"]: c for c in r.get("test_curve") or []}
+    if not valid or not test:
+        return None
+    hit = test.get(max(valid, key=score)["epoch"])
+    return None if hit is None else hit["mrr"]
+
+
 def alt_selection_test(r: Dict[str, Any], key: str = "not_in_train") -> Optional[float]:
     r"""Test MRR at the evaluation that the valid MRR of the subset :obj:`key` (the valid
     triples not in train) would have selected, read from the run's tracked test curve
     (``None`` without one). Shows what selecting on that subset would have reported."""
-    valid = [c for c in r.get("valid_curve") or [] if key in c]
-    test = {c["epoch"]: c for c in r.get("test_curve") or []}
-    if not valid or not test:
-        return None
-    best = max(valid, key=lambda c: c[key]["mrr"])
-    hit = test.get(best["epoch"])
-    return None if hit is None else hit["mrr"]
+    return _test_at_best(r, [c for c in r.get("valid_curve") or [] if key in c],
+                         lambda c: c[key]["mrr"])
 
 
 def selected_within(r: Dict[str, Any], max_epoch: int) -> Optional[float]:
     r"""Test MRR of :obj:`r` at its best valid evaluation among those at epochs
     :math:`\le` :obj:`max_epoch`, read from its tracked curves (``None`` without them): what
     the run would have reported with that epoch budget."""
-    valid = [c for c in r.get("valid_curve") or [] if c["epoch"] <= max_epoch]
-    test = {c["epoch"]: c for c in r.get("test_curve") or []}
-    if not valid or not test:
-        return None
-    best = max(valid, key=lambda c: c["mrr"])
-    hit = test.get(best["epoch"])
-    return None if hit is None else hit["mrr"]
+    return _test_at_best(r, [c for c in r.get("valid_curve") or [] if c["epoch"] <= max_epoch],
+                         lambda c: c["mrr"])
+
+
+def _with_args(name: str, args: Dict[str, Any]) -> str:
+    r"""``"name (k1=v1, k2=v2)"``, or :obj:`name` alone without arguments."""
+    return f"{name} ({', '.join(f'{k}={v}' for k, v in sorted(args.items()))})" if args else name
 
 
 def _sel(r: Dict[str, Any]) -> Optional[float]:
@@ -418,17 +424,15 @@ def section_baselines(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
     groups: Dict[tuple, List[Dict[str, Any]]] = defaultdict(list)
     for r in results:
         groups[(r["meta"]["dataset"], r["meta"]["model"])].append(r)
+    from momok_pyg.reproduce import BASELINE_LRS
     rows = []
     for (ds, model), runs in sorted(groups.items()):
         best = max(runs, key=lambda r: _sel(r) or -1.0)
-        from momok_pyg.reproduce import BASELINE_LRS
         tried = {r["meta"]["grid"].get("lr"): _pct(_sel(r)) for r in runs}
         tried.update({lr: "not finished" for lr in BASELINE_LRS if lr not in tried})
         grid = "; ".join(f"lr={lr}: {v}" for lr, v in sorted(tried.items()))
-        kwargs = best["meta"].get("model_kwargs") or {}
-        label = model + (f" ({', '.join(f'{k}={v}' for k, v in sorted(kwargs.items()))})"
-                         if kwargs else "")
-        rows.append([ds, label, f"lr={best['meta']['grid'].get('lr')}", grid,
+        rows.append([ds, _with_args(model, best["meta"].get("model_kwargs") or {}),
+                     f"lr={best['meta']['grid'].get('lr')}", grid,
                      *(_pct(best["test"][k]) for k in METRICS), _epochs(best), _device(best)])
     out += ["PyG's `torch_geometric.nn.kge` models through `momok_pyg.nn.KGEScorer`: 1-N "
             "softmax CE in both directions, d = 200, batch 1024, Adam, one seed; the learning "
@@ -446,9 +450,8 @@ def section_encoders(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
     table1 = {r["name"]: r for r in (everything or {}).get("table1", [])}
     rows = []
     for r in sorted(results, key=lambda r: r["name"]):
-        enc = dict(r["meta"].get("encoder") or {})
-        args = ", ".join(f"{k}={v}" for k, v in sorted(enc.items()) if k != "name")
-        label = f"R-GCN ({args})" if args else "R-GCN"
+        label = _with_args("R-GCN", {k: v for k, v in (r["meta"].get("encoder") or {}).items()
+                                     if k != "name"})
         ref = table1.get(r["meta"].get("compare_to"))
         budget = int(r.get("max_epochs") or r["config"].get("epochs") or 0)
         same = None if ref is None else selected_within(ref, budget)
