@@ -269,8 +269,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         extra=_parse_pairs(args.set, "--set") if args.set else {})
     if args.list:
         for row in R.status(args.experiment, opts):
-            mrr = f"  test mrr {row['test_mrr']:.4f}" if "test_mrr" in row else ""
-            print(f"{row['state']:8s} {row['name']}{mrr}")
+            print(R.describe(row))
         return 0
     command = "momok-pyg " + " ".join(sys.argv[1:]) if args.command_line is None else \
         args.command_line

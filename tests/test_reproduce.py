@@ -121,6 +121,33 @@ def test_locks_skip_claimed_runs_and_take_over_stale_ones(tmp_path):
     assert _Lock(tmp_path / "run").acquire()  # the holder is gone
 
 
+def test_status_reports_how_far_an_unfinished_run_is(tmp_path):
+    opts = _opts(tmp_path, seeds=[0], grid=[{"lr": 0.02}], max_epochs=4)
+    spec = R.plan("table1", opts)[0]
+    run_dir = tmp_path / "runs" / "table1" / spec.name
+    assert R.status("table1", opts)[0] == {"name": spec.name, "state": "pending"}
+    # an interrupted run: the loop stops after epoch 3 of 4 (as if killed there)
+    import dataclasses
+
+    m = train(dataclasses.replace(spec.config, epochs=3), run_dir, log=_quiet)
+    (run_dir / "progress.json").write_text(json.dumps({
+        **json.loads((run_dir / "progress.json").read_text()), "epochs": 4}))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run_dir / _Lock.NAME).write_text(str(dead.pid))  # a stale lock: not "running"
+    row = R.status("table1", opts)[0]
+    assert row["state"] == "partial"
+    prog = row["progress"]
+    state = load_checkpoint(run_dir / "last.pt")["state"]
+    assert prog["epoch"] == state["epoch"] == 3 and prog["best_epoch"] == m["best_epoch"]
+    assert prog["best_valid_mrr"] == pytest.approx(m["best_valid"]["mrr"])
+    assert prog["commits"] == state["commits"] and prog["elapsed_seconds"] > 0
+    assert R.describe(row) == (f"partial  {spec.name}  epoch 3/4, best valid mrr "
+                               f"{m['best_valid']['mrr']:.4f} at {m['best_epoch']}")
+    assert _Lock(run_dir).acquire()  # held by this process now
+    assert R.status("table1", opts)[0]["state"] == "running"
+
+
 def test_a_claimed_run_is_left_to_its_holder(tmp_path):
     opts = _opts(tmp_path, seeds=[0], grid=[{"lr": 0.02}])
     name = R.plan("table1", opts)[0].name

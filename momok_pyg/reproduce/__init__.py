@@ -69,7 +69,7 @@ from .plans import (
     selected_grid_run,
     selection_score,
 )
-from .runner import run_experiment, run_training, status, summarise
+from .runner import describe, run_experiment, run_training, status, summarise
 
 __all__ = [
     "ABLATIONS", "BASELINE", "BASELINE_KWARGS", "BASELINE_LRS", "BASELINE_MODELS",
@@ -77,5 +77,5 @@ __all__ = [
     "RESULT_VERSION", "RGCN", "ROBUSTNESS_RATIOS", "ROBUSTNESS_TRANSFORMS", "TUCKER",
     "TUCKER_BCE_PROBE", "TUCKER_GRID", "Options", "RunSpec", "features_for", "load_results",
     "official_available", "parse_grid", "plan", "selected_grid_run", "selection_score",
-    "run_experiment", "run_training", "status", "summarise",
+    "describe", "run_experiment", "run_training", "status", "summarise",
 ]

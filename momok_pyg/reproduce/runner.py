@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from momok_pyg.training.checkpoint import atomic_write_json
+from momok_pyg.training.loop import PROGRESS
 
 from .plans import RESULT_VERSION, Options, RunSpec, load_results, plan
 
@@ -47,6 +48,14 @@ class _Lock:
 
     def release(self) -> None:
         self.path.unlink(missing_ok=True)
+
+    def held(self) -> bool:
+        r"""Whether a live process holds the lock (a stale file does not count)."""
+        try:
+            pid = int(self.path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return False
+        return bool(pid) and _alive(pid)
 
 
 def _alive(pid: int) -> bool:
@@ -218,21 +227,42 @@ def _run_one(spec: RunSpec, run_dir: Path, opts: Options, command: str) -> Dict[
 
 def status(experiment: str, opts: Options) -> List[Dict[str, Any]]:
     r"""One row per known run: name, state (``done`` / ``running`` / ``partial`` /
-    ``pending``) and, when done, its test MRR."""
+    ``pending``), when done its test MRR, and for a started run its ``progress.json``
+    (epoch reached, best valid so far; see :func:`momok_pyg.training.loop.progress`)."""
     done = load_results(opts.results_dir, experiment)
     rows = []
     for spec in plan(experiment, opts):
         run_dir = Path(opts.runs_dir) / experiment / spec.name
         if spec.name in done:
             state = "done"
-        elif (run_dir / _Lock.NAME).exists():
+        elif _Lock(run_dir).held():
             state = "running"
         elif (run_dir / "last.pt").exists():
             state = "partial"
         else:
             state = "pending"
-        row = {"name": spec.name, "state": state}
+        row: Dict[str, Any] = {"name": spec.name, "state": state}
         if spec.name in done and "test" in done[spec.name]:
             row["test_mrr"] = done[spec.name]["test"]["mrr"]
+        elif state != "pending":
+            try:
+                row["progress"] = json.loads((run_dir / PROGRESS).read_text())
+            except (OSError, ValueError):  # started before progress.json existed
+                pass
         rows.append(row)
     return rows
+
+
+def describe(row: Dict[str, Any]) -> str:
+    r"""One line of ``momok-pyg reproduce --list`` for a row of :func:`status`."""
+    line = f"{row['state']:8s} {row['name']}"
+    if "test_mrr" in row:
+        return line + f"  test mrr {row['test_mrr']:.4f}"
+    prog = row.get("progress")
+    if prog:
+        line += f"  epoch {prog['epoch']}/{prog['epochs']}"
+        if prog.get("best_valid_mrr") is not None:
+            line += f", best valid mrr {prog['best_valid_mrr']:.4f} at {prog['best_epoch']}"
+        if prog.get("stopped_early"):
+            line += ", early stop (final test pending)"
+    return line

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 
 PathLike = Union[str, os.PathLike]
 CONFIG, METRICS, LAST, BEST = "config.json", "metrics.json", "last.pt", "best.pt"
+#: a small JSON beside ``last.pt``, rewritten with it: how far an unfinished run is
+PROGRESS = "progress.json"
 MEMBER_PREFIX = "member-"
 
 
@@ -264,6 +266,19 @@ def _curve_entry(epoch: int, m: Dict[str, Any]) -> Dict[str, Any]:
     return entry
 
 
+def progress(state: Dict[str, Any], config: TrainConfig) -> Dict[str, Any]:
+    r"""What ``progress.json`` holds: the epoch reached of ``config.epochs``, the best
+    selection MRR so far and its epoch, whether early stopping fired, the training seconds
+    so far and the commits the run trained under (read by ``momok-pyg reproduce --list``
+    without loading the checkpoint)."""
+    best = state["best_valid_mrr"]
+    return {"epoch": state["epoch"], "epochs": config.epochs, "select_on": config.select_on,
+            "best_epoch": state["best_epoch"],
+            "best_valid_mrr": None if best == -math.inf else best,
+            "stopped_early": state["stopped_early"],
+            "elapsed_seconds": state["elapsed_seconds"], "commits": state["commits"]}
+
+
 def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bool
                      ) -> Optional[Dict[str, Any]]:
     r"""Creates/cleans :obj:`out`; returns the ``last.pt`` to resume from (or ``None``)."""
@@ -271,7 +286,7 @@ def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bo
     remove_stale_tmp(out)
     last = out / LAST
     if overwrite:
-        for name in (LAST, BEST, METRICS, CONFIG):
+        for name in (LAST, BEST, METRICS, CONFIG, PROGRESS):
             (out / name).unlink(missing_ok=True)
         for member in out.glob(f"{MEMBER_PREFIX}*"):
             if member.is_dir():
@@ -384,6 +399,7 @@ def _fit(config: TrainConfig, out: Path, data: Optional[HeteroData], resume: boo
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "q_optimizer": q_optimizer.state_dict() if q_optimizer is not None else None,
             "state": state, "rng": get_rng_state(), "config": config.to_dict()}, out / LAST)
+        atomic_write_json(progress(state, config), out / PROGRESS)
 
     def save_best(epoch: int, valid: Dict[str, Any]) -> None:
         if not main:
