@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from momok_pyg.training.checkpoint import atomic_write_json
-from momok_pyg.training.loop import PROGRESS
+from momok_pyg.training.loop import read_progress
 
 from .plans import RESULT_VERSION, Options, RunSpec, load_results, plan
 
@@ -33,11 +33,7 @@ class _Lock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _alive(pid):
+                if self.held():
                     return False
                 self.path.unlink(missing_ok=True)
                 continue
@@ -245,10 +241,9 @@ def status(experiment: str, opts: Options) -> List[Dict[str, Any]]:
         if spec.name in done and "test" in done[spec.name]:
             row["test_mrr"] = done[spec.name]["test"]["mrr"]
         elif state != "pending":
-            try:
-                row["progress"] = json.loads((run_dir / PROGRESS).read_text())
-            except (OSError, ValueError):  # started before progress.json existed
-                pass
+            progress = read_progress(run_dir)  # None: started before progress.json existed
+            if progress is not None:
+                row["progress"] = progress
         rows.append(row)
     return rows
 

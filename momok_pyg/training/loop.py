@@ -279,6 +279,12 @@ def progress(state: Dict[str, Any], config: TrainConfig) -> Dict[str, Any]:
             "elapsed_seconds": state["elapsed_seconds"], "commits": state["commits"]}
 
 
+def read_progress(run_dir: PathLike) -> Optional[Dict[str, Any]]:
+    r"""The ``progress.json`` of :obj:`run_dir` (see :func:`progress`), or ``None`` when the
+    run has not written one."""
+    return _read_json(Path(run_dir) / PROGRESS)
+
+
 def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bool
                      ) -> Optional[Dict[str, Any]]:
     r"""Creates/cleans :obj:`out`; returns the ``last.pt`` to resume from (or ``None``)."""
