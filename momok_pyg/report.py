@@ -107,7 +107,10 @@ def _machines(results: Iterable[Dict[str, Any]]) -> str:
 
 
 def _provenance(results: Sequence[Dict[str, Any]]) -> List[str]:
-    commands = sorted({r.get("command") or "?" for r in results})
+    # a reused result keeps the command that trained it; the copying command is listed too
+    commands = sorted({r.get("command") or "?" for r in results} |
+                      {r["reused"]["command"] for r in results
+                       if (r.get("reused") or {}).get("command")})
     # every commit a run trained under (a resumed run may span several)
     commits = sorted({str(c)[:12] for r in results
                       for c in (r.get("commits") or [r.get("commit")])})
@@ -115,6 +118,12 @@ def _provenance(results: Sequence[Dict[str, Any]]) -> List[str]:
     out += [f"    {c}" for c in commands]
     out += ["", f"Commits: {', '.join(f'`{c}`' for c in commits)}. Machine: {_machines(results)}."
             f" Files: `{Path(results[0]['_file']).parent}/` ({len(results)} JSON)."]
+    reused = [r for r in results if r.get("reused")]
+    if reused:
+        out += ["", "Not trained again: " + "; ".join(
+            f"`{r['name']}` is `{r['reused']['experiment']}/{r['reused']['name']}`"
+            for r in sorted(reused, key=lambda r: r["name"])) +
+            " (the same configuration and budget; its result file is copied)."]
     return out
 
 

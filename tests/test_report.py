@@ -210,3 +210,17 @@ def test_status_counts_planned_runs_against_result_files(tmp_path):
     assert f"| 1 / {planned} |" in row and name not in row
     assert "| 0 / 2 |" in _row(text, "`unseen`")
     assert "`momok-MKG-Y-finetuned-seed0`, `momok-MKG-Y-fixed-seed0`" in _row(text, "`unseen`")
+
+
+def test_a_copied_result_names_its_source_and_both_commands(results, tmp_path):
+    copied = _result("ablations", "full", {"row": "full"}, 0.40, command="momok-pyg reproduce "
+                     "table1 --models momok", reused={"experiment": "table1", "name": "m0",
+                                                      "command": "momok-pyg reproduce ablations"})
+    _write(results, copied)
+    section = report.render(results, tmp_path / "fig").split("### Table 2 / 8")[1]
+    section = section.split("###")[0]
+    assert "    momok-pyg reproduce table1 --models momok" in section
+    assert "    momok-pyg reproduce ablations" in section
+    assert "Not trained again: `full` is `table1/m0`" in section
+    assert "Not trained again" not in report.render(results, tmp_path / "fig").split(
+        "### Table 2 / 8")[0]

@@ -313,3 +313,52 @@ def test_encoders_plan_follows_the_table1_selection(tmp_path):
     assert [s.name for s in tucker] == ["tucker-rgcn-synthetic-lr0.005-seed0"]
     assert tucker[0].config.lr == 0.005 and tucker[0].config.structure_encoder == {"name": "rgcn"}
     assert tucker[0].meta["compare_to"] == "tucker-synthetic-lr0.005-seed0"
+
+
+def _write_table1(opts, spec, **result):
+    path = os.path.join(opts.results_dir, "table1", f"{spec.name}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"experiment": "table1", "name": spec.name, "meta": spec.meta,
+                   "config": spec.config.to_dict(), "command": "momok-pyg reproduce table1",
+                   **result}, f)
+
+
+def test_runs_equal_to_a_finished_table1_run_are_copied_not_trained(tmp_path):
+    opts = _opts(tmp_path, models=["tucker", "momok"], seeds=[0], ratios=[0.5])
+    before = {e: R.plan(e, opts) for e in ("ablations", "robustness", "unseen")}
+    assert all(s.kind == "train" for specs in before.values() for s in specs)
+    # the fine-tuned unseen run is MoMoK's default: no model_kwargs, like Table 1's run
+    unseen = {s.meta["finetune_features"]: s for s in before["unseen"]}
+    assert unseen[True].config.model_kwargs == {}
+    assert unseen[False].config.model_kwargs == {"finetune_features": False}
+    table1 = {s.name: s for s in R.plan("table1", opts)}
+    momok = table1["momok-synthetic-synthetic-seed0"]
+    tucker = table1["tucker-synthetic-lr0.02-seed0"]
+    _write_table1(opts, momok, test={"mrr": 0.42}, commits=["c0ffee"])
+    _write_table1(opts, tucker, test={"mrr": 0.37})
+    reuse = {(e, s.name): s.source for e in before for s in R.plan(e, opts)
+             if s.kind == "reuse"}
+    assert reuse == {("ablations", "full-synthetic-seed0"): momok.name,
+                     ("robustness", "momok-synthetic-clean-seed0"): momok.name,
+                     ("robustness", "tucker-synthetic-clean-seed0"): tucker.name,
+                     ("unseen", "momok-synthetic-finetuned-seed0"): momok.name}
+    # another budget is another run: trained, not copied
+    longer = _opts(tmp_path, models=["momok"], seeds=[0], max_epochs=3)
+    assert all(s.kind == "train" for s in R.plan("ablations", longer))
+
+    only = _opts(tmp_path, models=["tucker", "momok"], seeds=[0], ratios=[0.5],
+                 only=["*-clean-*"])
+    assert R.run_experiment("robustness", only, command="copy-cmd", log=_quiet) == 2
+    res = R.load_results(opts.results_dir, "robustness")
+    clean = res["momok-synthetic-clean-seed0"]
+    assert clean["test"] == {"mrr": 0.42} and clean["commits"] == ["c0ffee"]
+    assert clean["command"] == "momok-pyg reproduce table1"  # what trained it
+    assert clean["reused"] == {"experiment": "table1", "name": momok.name,
+                               "command": "copy-cmd"}
+    assert clean["experiment"] == "robustness" and clean["meta"]["transform"] is None
+    assert res["tucker-synthetic-clean-seed0"]["test"] == {"mrr": 0.37}
+    assert not (tmp_path / "runs" / "robustness").exists()  # nothing trained, no run dir
+    lines = [R.describe(r) for r in R.status("unseen", opts)]
+    assert ("pending  momok-synthetic-finetuned-seed0  = table1/momok-synthetic-synthetic-seed0"
+            in lines)

@@ -92,9 +92,11 @@ class RunSpec:
     name: str
     config: TrainConfig
     meta: Dict[str, Any]
-    #: ``"train"`` (a training run) or ``"gates"`` (the analysis of a trained run)
+    #: ``"train"`` (a training run), ``"gates"`` (the analysis of a trained run) or
+    #: ``"reuse"`` (a finished run of ``meta["source_experiment"]`` with the same config)
     kind: str = "train"
-    #: for ``kind="gates"``: the name of the training run analysed (same experiment)
+    #: for ``kind="gates"`` / ``"reuse"``: the name of the training run analysed / reused
+    #: (of ``meta["source_experiment"]`` when given, else of the same experiment)
     source: Optional[str] = None
 
 
@@ -218,17 +220,38 @@ def _mkgy(opts: Options) -> List[str]:
     return _datasets(opts, ["MKG-Y"])
 
 
+def _trained(config: TrainConfig, result: Optional[Dict[str, Any]]) -> bool:
+    r"""Whether the finished run :obj:`result` trained :obj:`config` (the same settings,
+    budget included; see :meth:`TrainConfig.result_mismatch`)."""
+    return (result is not None and "config" in result
+            and not config.result_mismatch(TrainConfig.from_dict(result["config"])))
+
+
+def _or_reuse(spec: RunSpec, table1_done: Dict[str, Dict[str, Any]], source: str) -> RunSpec:
+    r""":obj:`spec`, or, when the finished Table 1 run :obj:`source` trained the same
+    configuration, a ``"reuse"`` spec: its result is that run's result under this
+    experiment's name (and says so), instead of a second training of the same run."""
+    if not _trained(spec.config, table1_done.get(source)):
+        return spec
+    return dataclasses.replace(spec, kind="reuse", source=source,
+                               meta={**spec.meta, "source_experiment": "table1"})
+
+
 def ablations(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
     r"""Full MoMoK and each ablation switch (one seed each); the single-modality rows come
-    from the full run's per-modality scores."""
+    from the full run's per-modality scores. The full row is Table 1's MoMoK run of that seed
+    once it is finished with the same configuration (not trained twice)."""
     specs = []
+    table1_done = load_results(opts.results_dir, "table1")
     for ds in _mkgy(opts):
         feats = features_for(ds, opts)
         for row, switch in ABLATIONS.items():
             for seed in list(opts.seeds)[:1]:
-                specs.append(RunSpec("ablations", f"{row}-{ds}-seed{seed}", _config(ds, opts, **{
+                spec = RunSpec("ablations", f"{row}-{ds}-seed{seed}", _config(ds, opts, **{
                     **MOMOK, "features": feats, "seed": seed, **switch}), dict(
-                        dataset=ds, row=row, switch=switch, features=feats, seed=seed)))
+                        dataset=ds, row=row, switch=switch, features=feats, seed=seed))
+                specs.append(_or_reuse(spec, table1_done,
+                                       f"momok-{ds}-{feats or 'synthetic'}-seed{seed}"))
     return specs
 
 
@@ -241,17 +264,24 @@ def _transform(name: str, ratio: float, seed: int) -> Dict[str, Any]:
 
 def robustness(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
     r"""MoMoK and TuckER at ratio 0 and under each transform at each ratio. TuckER has no
-    feature modality, so under ModalityNoise / ModalityMissing its ratio-0 run is its curve."""
+    feature modality, so under ModalityNoise / ModalityMissing its ratio-0 run is its curve.
+    A clean run is the Table 1 run of the same configuration once that is finished."""
     specs = []
     seed = list(opts.seeds)[0]
+    table1_done = load_results(opts.results_dir, "table1")
+    point = (opts.grid or [dict(TUCKER_GRID[0])])[0]
     for ds in _mkgy(opts):
         feats = features_for(ds, opts)
-        models = {"momok": {**MOMOK, "features": feats},
-                  "tucker": {**TUCKER, **(opts.grid or [dict(TUCKER_GRID[0])])[0]}}
+        models = {"momok": {**MOMOK, "features": feats}, "tucker": {**TUCKER, **point}}
+        # the Table 1 runs that a clean run may be
+        table1_names = {"momok": f"momok-{ds}-{feats or 'synthetic'}-seed{seed}",
+                        "tucker": f"tucker-{ds}-{_grid_name(point)}-seed{seed}"}
         for model in opts.models:
-            specs.append(RunSpec("robustness", f"{model}-{ds}-clean-seed{seed}",
-                                 _config(ds, opts, **models[model], seed=seed),
-                                 dict(dataset=ds, model=model, transform=None, ratio=0.0)))
+            specs.append(_or_reuse(RunSpec(
+                "robustness", f"{model}-{ds}-clean-seed{seed}",
+                _config(ds, opts, **models[model], seed=seed),
+                dict(dataset=ds, model=model, transform=None, ratio=0.0)),
+                table1_done, table1_names[model]))
             for t in ROBUSTNESS_TRANSFORMS:
                 if model == "tucker" and t != "LinkSparsify":
                     continue
@@ -275,7 +305,7 @@ def gates(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
         cfg = _config(ds, opts, **{**MOMOK, "features": feats, "seed": seed})
         t1 = table1_done.get(f"momok-{ds}-{feats or 'synthetic'}-seed{seed}")
         meta = dict(dataset=ds, features=feats)
-        if t1 is not None and not cfg.resume_mismatch(TrainConfig.from_dict(t1["config"])):
+        if _trained(cfg, t1):
             specs.append(RunSpec("gates", f"gates-{ds}-seed{seed}", cfg,
                                  {**meta, "source_experiment": "table1"}, kind="gates",
                                  source=t1["name"]))
@@ -305,17 +335,22 @@ def cost(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
 
 def unseen(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
     r"""MoMoK with fine-tuned (official default) vs fixed feature tables on MKG-Y, for the
-    test triples that touch entities without training edges."""
+    test triples that touch entities without training edges. The fine-tuned run is Table 1's
+    MoMoK run of that seed once it is finished with the same configuration."""
     specs = []
     seed = list(opts.seeds)[0]
+    table1_done = load_results(opts.results_dir, "table1")
     for ds in _mkgy(opts):
         feats = features_for(ds, opts)
         for finetune in (True, False):
             name = f"momok-{ds}-{'finetuned' if finetune else 'fixed'}-seed{seed}"
-            specs.append(RunSpec("unseen", name, _config(ds, opts, **{
+            # fine-tuning is MoMoK's default: that run is Table 1's MoMoK run
+            spec = RunSpec("unseen", name, _config(ds, opts, **{
                 **MOMOK, "features": feats, "seed": seed,
-                "model_kwargs": {"finetune_features": finetune}}), dict(
-                    dataset=ds, finetune_features=finetune, features=feats)))
+                "model_kwargs": {} if finetune else {"finetune_features": False}}), dict(
+                    dataset=ds, finetune_features=finetune, features=feats))
+            specs.append(_or_reuse(spec, table1_done,
+                                   f"momok-{ds}-{feats or 'synthetic'}-seed{seed}"))
     return specs
 
 

@@ -171,11 +171,12 @@ def run_experiment(experiment: str, opts: Options, command: str = "",
         for spec in pending:
             source_done = (done if "source_experiment" not in spec.meta else
                            load_results(opts.results_dir, spec.meta["source_experiment"]))
-            if spec.kind == "gates" and spec.source not in source_done:
+            if spec.kind in ("gates", "reuse") and spec.source not in source_done:
                 continue  # its training run is not finished yet
             run_dir = Path(opts.runs_dir) / experiment / spec.name
-            lock = _Lock(run_dir)
-            if not lock.acquire():
+            # a reuse only copies a finished result (atomically): no lock, no run directory
+            lock = None if spec.kind == "reuse" else _Lock(run_dir)
+            if lock is not None and not lock.acquire():
                 continue
             try:
                 if (Path(opts.results_dir) / experiment / f"{spec.name}.json").exists():
@@ -193,7 +194,8 @@ def run_experiment(experiment: str, opts: Options, command: str = "",
                 finished += 1
                 log(f"[reproduce {experiment}] {spec.name}: done")
             finally:
-                lock.release()
+                if lock is not None:
+                    lock.release()
             break
         if not started:
             break
@@ -204,7 +206,20 @@ def run_experiment(experiment: str, opts: Options, command: str = "",
     return finished
 
 
+def reused(spec: RunSpec, source: Dict[str, Any], command: str) -> Dict[str, Any]:
+    r"""The result of a ``"reuse"`` spec: the finished run :obj:`source` (of
+    ``spec.meta["source_experiment"]``) under this experiment's name and meta. Its command,
+    commits, machine and curves stay those of the training that produced it; ``reused``
+    names that run and the command that copied it."""
+    return {**source, "experiment": spec.experiment, "name": spec.name, "meta": spec.meta,
+            "reused": {"experiment": spec.meta["source_experiment"], "name": spec.source,
+                       "command": command}}
+
+
 def _run_one(spec: RunSpec, run_dir: Path, opts: Options, command: str) -> Dict[str, Any]:
+    if spec.kind == "reuse":
+        source = load_results(opts.results_dir, spec.meta["source_experiment"])[spec.source]
+        return reused(spec, source, command)
     run_dir.mkdir(parents=True, exist_ok=True)
     if spec.kind == "gates":
         from momok_pyg.interpret import gate_report
@@ -238,6 +253,8 @@ def status(experiment: str, opts: Options) -> List[Dict[str, Any]]:
         else:
             state = "pending"
         row: Dict[str, Any] = {"name": spec.name, "state": state}
+        if spec.kind == "reuse":
+            row["reuses"] = f"{spec.meta['source_experiment']}/{spec.source}"
         if spec.name in done and "test" in done[spec.name]:
             row["test_mrr"] = done[spec.name]["test"]["mrr"]
         elif state != "pending":
@@ -251,6 +268,8 @@ def status(experiment: str, opts: Options) -> List[Dict[str, Any]]:
 def describe(row: Dict[str, Any]) -> str:
     r"""One line of ``momok-pyg reproduce --list`` for a row of :func:`status`."""
     line = f"{row['state']:8s} {row['name']}"
+    if "reuses" in row:
+        line += f"  = {row['reuses']}"
     if "test_mrr" in row:
         return line + f"  test mrr {row['test_mrr']:.4f}"
     prog = row.get("progress")

@@ -285,6 +285,16 @@ class TrainConfig:
         a, b = self.to_dict(), other.to_dict()
         return [k for k in self.RESUME_KEYS if a[k] != b[k]]
 
+    # Fields that a finished run's result also depends on beyond RESUME_KEYS: its budget
+    # and the arithmetic. Left out on purpose: paths, device, threads and memory settings.
+    RESULT_KEYS = RESUME_KEYS + ("epochs", "patience", "bf16")
+
+    def result_mismatch(self, other: "TrainConfig") -> List[str]:
+        r"""Names of settings that differ between two configs such that a finished run of
+        one does not stand for a run of the other (:data:`RESULT_KEYS`)."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in self.RESULT_KEYS if a[k] != b[k]]
+
     def model_kwargs_for(self, modalities: Optional[List[str]] = None,
                          use_structure: bool = True, joint: Optional[bool] = None
                          ) -> Dict[str, Any]:
