@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -271,7 +272,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         for row in R.status(args.experiment, opts):
             print(R.describe(row))
         return 0
-    command = "momok-pyg " + " ".join(sys.argv[1:]) if args.command_line is None else \
+    # shell-quoted, so that the recorded command reruns as it ran (patterns stay patterns)
+    command = shlex.join(["momok-pyg", *args.argv]) if args.command_line is None else \
         args.command_line
     R.run_experiment(args.experiment, opts, command=command, limit=args.limit)
     return 0

@@ -313,6 +313,10 @@ def section_robustness(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
     out = ["### Fig. 3: robustness", ""]
     clean = {r["meta"]["model"]: r for r in results if r["meta"].get("transform") is None}
     transforms = sorted({r["meta"]["transform"] for r in results if r["meta"].get("transform")})
+    if not transforms:  # only the unperturbed runs so far: no curve to draw
+        out += _table(["transform", "model", "ratio", "test MRR"],
+                      [["none", m, 0.0, _pct(clean[m]["test"]["mrr"])] for m in sorted(clean)])
+        return out + ["", "No perturbed run has finished yet."] + [""] + _provenance(results)
     plt = _plt()
     fig, axes = plt.subplots(1, max(1, len(transforms)), figsize=(4 * max(1, len(transforms)),
                                                                   3.4), squeeze=False)

@@ -224,3 +224,15 @@ def test_a_copied_result_names_its_source_and_both_commands(results, tmp_path):
     assert "Not trained again: `full` is `table1/m0`" in section
     assert "Not trained again" not in report.render(results, tmp_path / "fig").split(
         "### Table 2 / 8")[0]
+
+
+def test_robustness_with_only_the_clean_runs_shows_them(tmp_path):
+    root = tmp_path / "results"
+    for model, mrr in (("momok", 0.4), ("tucker", 0.37)):
+        _write(root, _result("robustness", f"{model}-clean",
+                             dict(model=model, transform=None, ratio=0.0), mrr))
+    text = report.render(root, tmp_path / "fig")
+    assert "| 37.00 |" in _row(text, "none", "tucker", "0.0")
+    assert "| 40.00 |" in _row(text, "none", "momok", "0.0")
+    assert "No perturbed run has finished yet." in text
+    assert not (tmp_path / "fig" / "robustness.png").exists()

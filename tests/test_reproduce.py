@@ -362,3 +362,14 @@ def test_runs_equal_to_a_finished_table1_run_are_copied_not_trained(tmp_path):
     lines = [R.describe(r) for r in R.status("unseen", opts)]
     assert ("pending  momok-synthetic-finetuned-seed0  = table1/momok-synthetic-synthetic-seed0"
             in lines)
+
+
+def test_the_recorded_command_reruns_in_a_shell(tmp_path, monkeypatch):
+    from momok_pyg import cli
+    seen = {}
+    monkeypatch.setattr(R, "run_experiment",
+                        lambda exp, opts, command, limit: seen.setdefault("cmd", command))
+    assert cli.main(["reproduce", "table1", "--runs", "tucker-*", "a b",
+                     "--results-dir", str(tmp_path)]) == 0
+    assert seen["cmd"] == ("momok-pyg reproduce table1 --runs 'tucker-*' 'a b' --results-dir "
+                           + str(tmp_path))
