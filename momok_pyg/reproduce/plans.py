@@ -170,6 +170,11 @@ def selected_grid_run(names: Sequence[str], done: Dict[str, Dict[str, Any]]) -> 
     return max(names, key=lambda n: selection_score(done[n]))
 
 
+def _momok_name(ds: str, feats: Optional[str], seed: int) -> str:
+    r"""The name of Table 1's MoMoK run of a dataset, its features and a seed."""
+    return f"momok-{ds}-{feats or 'synthetic'}-seed{seed}"
+
+
 def _tucker_grid_names(ds: str, opts: Options, seed: int) -> List[str]:
     grid = opts.grid or [dict(p) for p in TUCKER_GRID]
     return [f"tucker-{ds}-{_grid_name(point)}-seed{seed}" for point in grid]
@@ -209,7 +214,7 @@ def table1(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
         if "momok" in opts.models:
             feats = features_for(ds, opts)
             for seed in seeds:
-                name = f"momok-{ds}-{feats or 'synthetic'}-seed{seed}"
+                name = _momok_name(ds, feats, seed)
                 specs.append(RunSpec("table1", name, _config(ds, opts, **{
                     **MOMOK, "features": feats, "seed": seed}), dict(
                         dataset=ds, model="momok", features=feats, seed=seed, stage="seed")))
@@ -251,7 +256,7 @@ def ablations(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
                     **MOMOK, "features": feats, "seed": seed, **switch}), dict(
                         dataset=ds, row=row, switch=switch, features=feats, seed=seed))
                 specs.append(_or_reuse(spec, table1_done,
-                                       f"momok-{ds}-{feats or 'synthetic'}-seed{seed}"))
+                                       _momok_name(ds, feats, seed)))
     return specs
 
 
@@ -274,7 +279,7 @@ def robustness(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
         feats = features_for(ds, opts)
         models = {"momok": {**MOMOK, "features": feats}, "tucker": {**TUCKER, **point}}
         # the Table 1 runs that a clean run may be
-        table1_names = {"momok": f"momok-{ds}-{feats or 'synthetic'}-seed{seed}",
+        table1_names = {"momok": _momok_name(ds, feats, seed),
                         "tucker": f"tucker-{ds}-{_grid_name(point)}-seed{seed}"}
         for model in opts.models:
             specs.append(_or_reuse(RunSpec(
@@ -303,7 +308,7 @@ def gates(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
     for ds in _mkgy(opts):
         feats = features_for(ds, opts)
         cfg = _config(ds, opts, **{**MOMOK, "features": feats, "seed": seed})
-        t1 = table1_done.get(f"momok-{ds}-{feats or 'synthetic'}-seed{seed}")
+        t1 = table1_done.get(_momok_name(ds, feats, seed))
         meta = dict(dataset=ds, features=feats)
         if _trained(cfg, t1):
             specs.append(RunSpec("gates", f"gates-{ds}-seed{seed}", cfg,
@@ -350,7 +355,7 @@ def unseen(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
                 "model_kwargs": {} if finetune else {"finetune_features": False}}), dict(
                     dataset=ds, finetune_features=finetune, features=feats))
             specs.append(_or_reuse(spec, table1_done,
-                                   f"momok-{ds}-{feats or 'synthetic'}-seed{seed}"))
+                                   _momok_name(ds, feats, seed)))
     return specs
 
 
@@ -397,7 +402,7 @@ def encoders(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
                 _config(ds, opts, **{**MOMOK, "features": feats, "seed": seed,
                                      "structure_encoder": dict(RGCN)}),
                 dict(dataset=ds, model="momok", encoder=dict(RGCN), features=feats, seed=seed,
-                     compare_to=f"momok-{ds}-{feats or 'synthetic'}-seed{seed}")))
+                     compare_to=_momok_name(ds, feats, seed))))
     return specs
 
 
