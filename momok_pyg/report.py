@@ -400,20 +400,26 @@ def section_gates(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
 def section_cost(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
                  everything: Optional[AllResults] = None) -> List[str]:
     out = ["### Table 3: cost per epoch", ""]
+    # TuckER's seconds per epoch on the same dataset and device: the ratio's denominator
+    tucker = {(r["meta"]["dataset"], _device(r)): r.get("epoch_seconds_median")
+              for r in results if r["meta"]["model"] == "tucker"}
     rows = []
     for r in sorted(results, key=lambda r: (_device(r), r["meta"]["dataset"],
                                             r["meta"]["model"])):
         gpu = r.get("peak_gpu_memory_mb")
+        sec, ref = r.get("epoch_seconds_median"), tucker.get((r["meta"]["dataset"], _device(r)))
+        ratio = f"{sec / ref:.1f}×" if sec and ref and r["meta"]["model"] != "tucker" else "—"
         rows.append([r["meta"]["dataset"], r["meta"]["model"], r["meta"].get("features") or "—",
-                     _device(r),
-                     f"{r['epoch_seconds_median']:.1f}" if r.get("epoch_seconds_median")
-                     else "—", f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "—",
+                     _device(r), f"{sec:.1f}" if sec else "—", ratio,
+                     f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "—",
                      f"{gpu:.0f}" if gpu else "—", r.get("num_parameters")])
     out += ["Seconds per training epoch (median of the epochs after the first, which "
             "includes compilation), peak RSS of the training process and, on a GPU, the peak "
-            "memory torch's allocator handed out. One run at a time on the machine.", ""]
-    out += _table(["dataset", "model", "features", "device", "s / epoch", "peak RSS (MB)",
-                   "peak GPU memory (MB)", "parameters"], rows)
+            "memory torch's allocator handed out. One run at a time on the machine. "
+            "*× TuckER*: seconds per epoch over TuckER's on the same dataset and device "
+            "(— where that pair was not measured on one device).", ""]
+    out += _table(["dataset", "model", "features", "device", "s / epoch", "× TuckER",
+                   "peak RSS (MB)", "peak GPU memory (MB)", "parameters"], rows)
     return out + [""] + _provenance(results)
 
 

@@ -236,3 +236,19 @@ def test_robustness_with_only_the_clean_runs_shows_them(tmp_path):
     assert "| 40.00 |" in _row(text, "none", "momok", "0.0")
     assert "No perturbed run has finished yet." in text
     assert not (tmp_path / "fig" / "robustness.png").exists()
+
+
+def test_cost_ratio_only_between_runs_on_one_device(tmp_path):
+    root = tmp_path / "results"
+    gpu_env = {"cpu_model": "Xeon", "cpu_count": 16, "threads": 1, "torch": "y",
+               "device": "cuda:0", "gpu_name": "NVIDIA H200"}
+    for ds, model, sec, env in (("DB15K", "tucker", 4.0, gpu_env), ("DB15K", "momok", 17.0,
+                                gpu_env), ("MKG-Y", "momok", 2.5, gpu_env),
+                                ("MKG-Y", "tucker", 11.0, None)):
+        kw = {"env": env} if env else {}
+        _write(root, _result("cost", f"{model}-{ds}", dict(dataset=ds, model=model), 0.1,
+                             epoch_seconds_median=sec, **kw))
+    text = report.render(root, tmp_path / "fig")
+    assert "| 4.2× |" in _row(text, "DB15K", "momok")  # 17.0 / 4.0, both on the H200
+    assert "| 2.5 | — |" in _row(text, "MKG-Y", "momok")  # its TuckER ran on the CPU
+    assert "| 4.0 | — |" in _row(text, "DB15K", "tucker")
