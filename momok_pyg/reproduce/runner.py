@@ -184,7 +184,9 @@ def run_experiment(experiment: str, opts: Options, command: str = "",
                 started = True
                 log(f"[reproduce {experiment}] {spec.name}: start")
                 try:
-                    result = _run_one(spec, run_dir, opts, command)
+                    # a reuse copies the source result already loaded above
+                    result = (reused(spec, source_done[spec.source], command)
+                              if spec.kind == "reuse" else _run_one(spec, run_dir, opts, command))
                 except Exception as e:  # keep going with the other runs
                     failed.add(spec.name)
                     log(f"[reproduce {experiment}] {spec.name}: FAILED: {e}")
@@ -217,9 +219,6 @@ def reused(spec: RunSpec, source: Dict[str, Any], command: str) -> Dict[str, Any
 
 
 def _run_one(spec: RunSpec, run_dir: Path, opts: Options, command: str) -> Dict[str, Any]:
-    if spec.kind == "reuse":
-        source = load_results(opts.results_dir, spec.meta["source_experiment"])[spec.source]
-        return reused(spec, source, command)
     run_dir.mkdir(parents=True, exist_ok=True)
     if spec.kind == "gates":
         from momok_pyg.interpret import gate_report
