@@ -180,6 +180,47 @@ def _sel(r: Dict[str, Any]) -> Optional[float]:
 # ---------------------------------------------------------------------------------------------
 # plots
 # ---------------------------------------------------------------------------------------------
+def seed_spread(run: Dict[str, Any], everything: Optional[AllResults]
+                ) -> Optional[Tuple[float, float, List[str]]]:
+    r"""Mean and standard deviation of the test MRR over the trained runs (of any experiment)
+    whose configuration and budget equal :obj:`run`'s but for the seed
+    (:meth:`~momok_pyg.training.TrainConfig.result_mismatch`, the rule by which a finished run
+    is reused), and their names; ``None`` below two seeds. It tells how large a difference
+    from :obj:`run` has to be before it is more than seed noise."""
+    from momok_pyg.training import TrainConfig
+
+    def config(r: Dict[str, Any]) -> Optional[TrainConfig]:
+        try:
+            return TrainConfig.from_dict(r["config"])
+        except (KeyError, TypeError, ValueError):  # no config, or one of another version
+            return None
+
+    want = config(run)
+    if want is None:
+        return None
+    same = {}
+    for r in (x for rs in (everything or {}).values() for x in rs
+              if not x.get("reused") and "mrr" in (x.get("test") or {})):
+        cfg = config(r)
+        if cfg is not None and set(want.result_mismatch(cfg)) <= {"seed"}:
+            same[r["name"]] = r["test"]["mrr"]
+    if len(same) < 2:
+        return None
+    xs = list(same.values())
+    return statistics.mean(xs), statistics.stdev(xs), sorted(same)
+
+
+def _seed_note(run: Optional[Dict[str, Any]], everything: Optional[AllResults],
+               label: str) -> List[str]:
+    spread = None if run is None else seed_spread(run, everything)
+    if spread is None:
+        return []
+    mean, std, names = spread
+    return ["", f"Seed noise: the {label} configuration's test MRR is {100 * mean:.2f} ± "
+            f"{100 * std:.2f} over {len(names)} seeds ({', '.join(f'`{n}`' for n in names)}); "
+            f"a one-seed difference of about that size is not an effect."]
+
+
 def _plt():
     import matplotlib
     matplotlib.use("Agg")
@@ -333,6 +374,7 @@ def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
                          f"{100 * (v['mrr'] - full['test']['mrr']):+.2f}", _epochs(full)])
     out += _table(["row", "MRR", "Hits@1", "Hits@3", "Hits@10", "Δ MRR vs full", "epochs"],
                   rows)
+    out += _seed_note(full, everything, "full")
     fig = plot_curves(results, fig_dir / "ablations.png", "ablations: valid / test MRR")
     out += ["", f"![ablation curves]({rel / fig.name})", ""] + _provenance(results)
     return out
@@ -376,8 +418,9 @@ def section_robustness(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
     plt.close(fig)
     out += _table(["transform", "model", "ratio", "test MRR"], rows)
     out += ["", "TuckER has no feature modality: under ModalityNoise / ModalityMissing its "
-            "clean run is its value at every ratio.", "", f"![robustness]({rel / path.name})",
-            ""] + _provenance(results)
+            "clean run is its value at every ratio."]
+    out += _seed_note(clean.get("momok"), everything, "clean MoMoK")
+    out += ["", f"![robustness]({rel / path.name})", ""] + _provenance(results)
     return out
 
 

@@ -252,3 +252,34 @@ def test_cost_ratio_only_between_runs_on_one_device(tmp_path):
     assert "| 4.2× |" in _row(text, "DB15K", "momok")  # 17.0 / 4.0, both on the H200
     assert "| 2.5 | — |" in _row(text, "MKG-Y", "momok")  # its TuckER ran on the CPU
     assert "| 4.0 | — |" in _row(text, "DB15K", "tucker")
+
+
+def test_seed_noise_of_the_full_configuration_is_read_from_its_other_seeds(tmp_path):
+    from momok_pyg.training import TrainConfig
+    root = tmp_path / "results"
+    cfg = TrainConfig(dataset="MKG-Y", features="names").to_dict()
+    cfg.pop("q_views")  # written before the key existed: its default applies
+    for seed, mrr in ((0, 0.368), (1, 0.366), (2, 0.364)):
+        _write(root, _result("table1", f"m{seed}", dict(dataset="MKG-Y", model="momok",
+                             features="names", stage="seed"), mrr,
+                             config={**cfg, "seed": seed, "threads": 1 + seed,
+                                     "root": f"/somewhere/{seed}"}))
+    # another recipe (lr) is not a seed of it; a copied result is not counted twice
+    _write(root, _result("table1", "other-lr", dict(dataset="MKG-Y", model="momok",
+                         features="names", stage="seed"), 0.2, config={**cfg, "lr": 0.01}))
+    _write(root, _result("ablations", "full", {"row": "full"}, 0.368, config=cfg,
+                         reused={"experiment": "table1", "name": "m0", "command": "c"}))
+    _write(root, _result("ablations", "no-exid", {"row": "no-exid"}, 0.365,
+                         config={**cfg, "exid": False}))
+    everything = report.load_all(root)
+    full = next(r for r in everything["ablations"] if r["name"] == "full")
+    mean, std, names = report.seed_spread(full, everything)
+    assert names == ["m0", "m1", "m2"]
+    assert mean == pytest.approx(0.366) and std == pytest.approx(0.002)
+    text = report.render(root, tmp_path / "fig")
+    assert ("the full configuration's test MRR is 36.60 ± 0.20 over 3 seeds "
+            "(`m0`, `m1`, `m2`)") in text
+    # a configuration with one seed gives no line
+    lone = _result("ablations", "no-exid", {"row": "no-exid"}, 0.365,
+                   config={**cfg, "exid": False})
+    assert report.seed_spread(lone, everything) is None
