@@ -177,9 +177,6 @@ def _sel(r: Dict[str, Any]) -> Optional[float]:
     return bv.get("mrr")
 
 
-# ---------------------------------------------------------------------------------------------
-# plots
-# ---------------------------------------------------------------------------------------------
 def seed_spread(run: Dict[str, Any], everything: Optional[AllResults]
                 ) -> Optional[Tuple[float, float, List[str]]]:
     r"""Mean and standard deviation of the test MRR over the trained runs (of any experiment)
@@ -221,6 +218,9 @@ def _seed_note(run: Optional[Dict[str, Any]], everything: Optional[AllResults],
             f"a one-seed difference of about that size is not an effect."]
 
 
+# ---------------------------------------------------------------------------------------------
+# plots
+# ---------------------------------------------------------------------------------------------
 def _plt():
     import matplotlib
     matplotlib.use("Agg")
