@@ -17,10 +17,11 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from momok_pyg.training.config import MODELS, PRESETS, TrainConfig
 
@@ -275,8 +276,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     # shell-quoted, so that the recorded command reruns as it ran (patterns stay patterns)
     command = shlex.join(["momok-pyg", *args.argv]) if args.command_line is None else \
         args.command_line
+    # SIGTERM unwinds like Ctrl-C: the runner stops its training child and frees the lock
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     R.run_experiment(args.experiment, opts, command=command, limit=args.limit)
     return 0
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

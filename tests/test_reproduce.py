@@ -3,15 +3,17 @@ locks, on the synthetic MMKG; the new TrainConfig switches (lr decay, selection 
 triples not in train, test tracking, transforms)."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from momok_pyg import reproduce as R
 from momok_pyg.datasets.synthetic import make_synthetic_mmkg
-from momok_pyg.reproduce.runner import _Lock
+from momok_pyg.reproduce.runner import _alive, _Lock
 from momok_pyg.training import TrainConfig, load_checkpoint, train
 from momok_pyg.training import loop as loop_mod
 
@@ -119,6 +121,55 @@ def test_locks_skip_claimed_runs_and_take_over_stale_ones(tmp_path):
     dead.wait()
     (tmp_path / "run" / _Lock.NAME).write_text(str(dead.pid))
     assert _Lock(tmp_path / "run").acquire()  # the holder is gone
+    # a runner gone but its training child alive: still held
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "run" / _Lock.NAME).write_text(f"{dead.pid}\n{child.pid}\n")
+        assert not _Lock(tmp_path / "run").acquire()
+    finally:
+        child.kill()
+        child.wait()
+    assert _Lock(tmp_path / "run").acquire()
+
+
+def _wait_for(cond, timeout: float = 120.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.2)
+    return cond()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_runner_leaves_no_trainer_behind(tmp_path, sig):
+    # a runner on a run far too long to finish; its lock names it and then its trainer
+    cmd = [sys.executable, "-m", "momok_pyg.cli", "reproduce", "table1",
+           "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"),
+           "--datasets", "synthetic", "--models", "tucker", "--seeds", "0",
+           "--grid", "lr=0.01", "--max-epochs", "100000", "--eval-every", "1000",
+           "--threads", "1", "--set", "synthetic=" + json.dumps(TINY), "dim=16"]
+    runner = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "runs" / "table1" / "tucker-synthetic-lr0.01-seed0"
+    lock = _Lock(run_dir)
+    try:
+        assert _wait_for(lambda: len(lock.pids()) == 2 or runner.poll() is not None)
+        assert runner.poll() is None, "the runner exited before its trainer started"
+        trainer = lock.pids()[1]
+        assert lock.pids()[0] == runner.pid and _alive(trainer)
+        assert not _Lock(run_dir).acquire()  # a second runner keeps off
+        runner.send_signal(sig)
+        runner.wait(60)
+        assert _wait_for(lambda: not _alive(trainer), 60), "the trainer outlived its runner"
+        # SIGTERM unwinds (lock released); after SIGKILL the lock is stale and taken over
+        assert lock.path.exists() == (sig == signal.SIGKILL) and not lock.held()
+        assert _Lock(run_dir).acquire()
+    finally:
+        runner.kill()
+        runner.wait()
+        for pid in lock.pids():
+            if pid != os.getpid() and _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_status_reports_how_far_an_unfinished_run_is(tmp_path):

@@ -6,7 +6,9 @@ and summarised in one JSON file (``<results_dir>/<experiment>/<name>.json``, sma
 be committed). A run whose JSON exists is done and skipped, so an experiment is continued by
 running its command again, also in a later session or on another machine; a run interrupted
 mid-way resumes from its ``last.pt``. Several processes may work on one experiment at once:
-each claims a run with a lock file before it starts it.
+each claims a run with a lock file before it starts it. The lock names the claiming process
+and its training child, and the child dies with its parent, so a stopped runner leaves no
+trainer behind and no second trainer can start on the same run directory.
 
 ==============  =================================================================================
 experiment      runs

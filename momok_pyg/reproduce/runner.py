@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -20,8 +21,10 @@ from .plans import RESULT_VERSION, Options, RunSpec, load_results, plan
 
 
 class _Lock:
-    r"""An exclusive claim on a run directory (``.reproduce.lock`` holding the pid); a lock
-    of a process that no longer exists is taken over."""
+    r"""An exclusive claim on a run directory. ``.reproduce.lock`` holds one pid per line:
+    the process that claimed it and, while it trains, its training child (:meth:`add`). The
+    lock is held while any of them lives, so a trainer that outlived its runner still keeps
+    the run to itself; a lock whose processes are all gone is taken over."""
     NAME = ".reproduce.lock"
 
     def __init__(self, run_dir: Path):
@@ -38,20 +41,27 @@ class _Lock:
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
+                f.write(f"{os.getpid()}\n")
             return True
         return False
+
+    def add(self, pid: int) -> None:
+        r"""Records :obj:`pid` (a training child) as a holder too."""
+        with open(self.path, "a") as f:
+            f.write(f"{pid}\n")
 
     def release(self) -> None:
         self.path.unlink(missing_ok=True)
 
+    def pids(self) -> List[int]:
+        try:
+            return [int(x) for x in self.path.read_text().split()]
+        except (OSError, ValueError):
+            return []
+
     def held(self) -> bool:
         r"""Whether a live process holds the lock (a stale file does not count)."""
-        try:
-            pid = int(self.path.read_text().strip() or 0)
-        except (OSError, ValueError):
-            return False
-        return bool(pid) and _alive(pid)
+        return any(pid > 0 and _alive(pid) for pid in self.pids())
 
 
 def _alive(pid: int) -> bool:
@@ -61,7 +71,10 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (exited, not yet reaped, e.g. by a container's init) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _median(xs: Sequence[float]) -> Optional[float]:
@@ -138,15 +151,43 @@ def _child_command(spec: RunSpec, run_dir: Path) -> List[str]:
             "--out", str(run_dir)]
 
 
-def run_training(spec: RunSpec, run_dir: Path, log_path: Path) -> tuple:
-    r"""Trains :obj:`spec` in a child process; returns ``(metrics, wall, peak_rss_mb)``."""
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    r"""A ``preexec_fn`` that makes the child receive ``SIGTERM`` when its parent dies
+    (Linux ``prctl(PR_SET_PDEATHSIG)``; a no-op elsewhere), so that a runner killed even by
+    ``SIGKILL`` leaves no trainer behind."""
+    def setup() -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return setup
+
+
+def run_training(spec: RunSpec, run_dir: Path, log_path: Path,
+                 lock: Optional[_Lock] = None) -> tuple:
+    r"""Trains :obj:`spec` in a child process; returns ``(metrics, wall, peak_rss_mb)``.
+
+    The child's pid joins :obj:`lock`. The child dies with this process, and if waiting for
+    it is interrupted (``KeyboardInterrupt``, or ``SystemExit`` from the ``SIGTERM``
+    handler of ``momok-pyg reproduce``) it is terminated and reaped before the exception
+    propagates: the run's checkpoints are written atomically, so it resumes later."""
     cmd = _child_command(spec, run_dir)
     t0 = time.perf_counter()
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_parent(os.getpid()))
+        try:
+            if lock is not None:
+                lock.add(proc.pid)
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            _stop(proc)
+            raise
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -154,6 +195,16 @@ def run_training(spec: RunSpec, run_dir: Path, log_path: Path) -> tuple:
                            f"{proc.returncode}); see {log_path}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return metrics, wall, usage.ru_maxrss / 1024.0  # Linux: kilobytes
+
+
+def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    r"""Terminates :obj:`proc` and waits for it (killing it after :obj:`grace` seconds)."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def run_experiment(experiment: str, opts: Options, command: str = "",
@@ -186,7 +237,8 @@ def run_experiment(experiment: str, opts: Options, command: str = "",
                 try:
                     # a reuse copies the source result already loaded above
                     result = (reused(spec, source_done[spec.source], command)
-                              if spec.kind == "reuse" else _run_one(spec, run_dir, opts, command))
+                              if spec.kind == "reuse" else
+                              _run_one(spec, run_dir, opts, command, lock))
                 except Exception as e:  # keep going with the other runs
                     failed.add(spec.name)
                     log(f"[reproduce {experiment}] {spec.name}: FAILED: {e}")
@@ -218,7 +270,8 @@ def reused(spec: RunSpec, source: Dict[str, Any], command: str) -> Dict[str, Any
                        "command": command}}
 
 
-def _run_one(spec: RunSpec, run_dir: Path, opts: Options, command: str) -> Dict[str, Any]:
+def _run_one(spec: RunSpec, run_dir: Path, opts: Options, command: str,
+             lock: Optional[_Lock] = None) -> Dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     if spec.kind == "gates":
         from momok_pyg.interpret import gate_report
@@ -231,7 +284,7 @@ def _run_one(spec: RunSpec, run_dir: Path, opts: Options, command: str) -> Dict[
                 "command": command, "config": spec.config.to_dict(),
                 "commit": out["env"].get("git_commit"),
                 "env": out.pop("env"), "wall_seconds": time.perf_counter() - t0, **out}
-    metrics, wall, rss = run_training(spec, run_dir, run_dir / "train.log")
+    metrics, wall, rss = run_training(spec, run_dir, run_dir / "train.log", lock)
     return summarise(spec, metrics, command, wall, rss)
 
 
