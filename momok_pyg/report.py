@@ -390,8 +390,10 @@ def section_robustness(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
                       [["none", m, 0.0, _pct(clean[m]["test"]["mrr"])] for m in sorted(clean)])
         return out + ["", "No perturbed run has finished yet."] + [""] + _provenance(results)
     plt = _plt()
+    # one x and one y axis (from 0) for all panels, so that a small change looks small
     fig, axes = plt.subplots(1, max(1, len(transforms)), figsize=(4 * max(1, len(transforms)),
-                                                                  3.4), squeeze=False)
+                                                                  3.4), squeeze=False,
+                             sharex=True, sharey=True)
     rows = []
     for ax, t in zip(axes[0], transforms):
         for model in sorted({r["meta"]["model"] for r in results}):
@@ -408,9 +410,10 @@ def section_robustness(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
             rows += [[t, model, x, _pct(pts[x])] for x in xs]
         ax.set_title(t, fontsize=9)
         ax.set_xlabel("ratio")
-        ax.set_ylabel("test MRR")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("test MRR")
+    axes[0][0].set_ylim(bottom=0.0)
     fig.tight_layout()
     path = fig_dir / "robustness.png"
     path.parent.mkdir(parents=True, exist_ok=True)
