@@ -151,16 +151,18 @@ def _child_command(spec: RunSpec, run_dir: Path) -> List[str]:
             "--out", str(run_dir)]
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
+def _die_with_parent(parent: int) -> Optional[Callable[[], None]]:
     r"""A ``preexec_fn`` that makes the child receive ``SIGTERM`` when its parent dies
-    (Linux ``prctl(PR_SET_PDEATHSIG)``; a no-op elsewhere), so that a runner killed even by
-    ``SIGKILL`` leaves no trainer behind."""
+    (Linux ``prctl(PR_SET_PDEATHSIG)``; ``None`` elsewhere), so that a runner killed even by
+    ``SIGKILL`` leaves no trainer behind. libc is resolved here, in the parent: between fork
+    and exec the child only calls ``prctl`` and ``getppid``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
     def setup() -> None:
-        if not sys.platform.startswith("linux"):
-            return
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+        prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the parent died before prctl took effect
             os.kill(os.getpid(), signal.SIGTERM)
     return setup
