@@ -89,6 +89,9 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> List[str]:
 
 
 def _epochs(r: Dict[str, Any]) -> str:
+    best = r.get("best_epoch")
+    if isinstance(best, dict):  # modalities trained apart (no joint): one best epoch each
+        return "best " + ", ".join(f"{m} {e}" for m, e in best.items()) + " (members)"
     rising = " (valid still rising)" if r.get("valid_still_rising") else ""
     stop = ", early stop" if r.get("stopped_early") else ""
     return f"best {r.get('best_epoch')} of {r.get('epochs_run')}{stop}{rising}"

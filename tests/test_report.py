@@ -283,3 +283,11 @@ def test_seed_noise_of_the_full_configuration_is_read_from_its_other_seeds(tmp_p
     lone = _result("ablations", "no-exid", {"row": "no-exid"}, 0.365,
                    config={**cfg, "exid": False})
     assert report.seed_spread(lone, everything) is None
+
+
+def test_epochs_of_a_run_and_of_members_trained_apart():
+    from momok_pyg.report import _epochs
+    assert _epochs({"best_epoch": 40, "epochs_run": 70, "stopped_early": True}) == \
+        "best 40 of 70, early stop"
+    assert _epochs({"best_epoch": {"structure": 170, "text": 45}, "epochs_run": None}) == \
+        "best structure 170, text 45 (members)"
