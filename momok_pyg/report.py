@@ -89,9 +89,9 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> List[str]:
 
 
 def _epochs(r: Dict[str, Any]) -> str:
-    best = r.get("best_epoch")
-    if isinstance(best, dict):  # modalities trained apart (no joint): one best epoch each
-        return "best " + ", ".join(f"{m} {e}" for m, e in best.items()) + " (members)"
+    members = r.get("member_epochs")
+    if members:  # modalities trained apart (no joint): each member stopped on its own
+        return "; ".join(f"{m} {_epochs(e)}" for m, e in members.items())
     rising = " (valid still rising)" if r.get("valid_still_rising") else ""
     stop = ", early stop" if r.get("stopped_early") else ""
     return f"best {r.get('best_epoch')} of {r.get('epochs_run')}{stop}{rising}"

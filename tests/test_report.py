@@ -289,5 +289,13 @@ def test_epochs_of_a_run_and_of_members_trained_apart():
     from momok_pyg.report import _epochs
     assert _epochs({"best_epoch": 40, "epochs_run": 70, "stopped_early": True}) == \
         "best 40 of 70, early stop"
-    assert _epochs({"best_epoch": {"structure": 170, "text": 45}, "epochs_run": None}) == \
-        "best structure 170, text 45 (members)"
+    assert _epochs({"best_epoch": 90, "epochs_run": 90, "stopped_early": False,
+                    "valid_still_rising": True}) == "best 90 of 90 (valid still rising)"
+    # w/o joint training: each member trained and stopped on its own
+    apart = {"best_epoch": {"structure": 170, "text": 45}, "epochs_run": None,
+             "member_epochs": {
+                 "structure": {"best_epoch": 170, "epochs_run": 200, "stopped_early": True},
+                 "text": {"best_epoch": 75, "epochs_run": 75, "stopped_early": False,
+                          "valid_still_rising": True}}}
+    assert _epochs(apart) == ("structure best 170 of 200, early stop; "
+                              "text best 75 of 75 (valid still rising)")

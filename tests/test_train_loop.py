@@ -124,6 +124,18 @@ def test_without_joint_training_trains_one_model_per_modality_and_sums_them(tmp_
     assert evaluate_run(tmp_path, data=data) == m["test"]
     member = json.loads((tmp_path / "member-image" / "metrics.json").read_text())
     assert m["per_modality"]["image"]["mrr"] == member["test"]["mrr"]
+    # each member's epochs and commits reach the ensemble's metrics and its result JSON
+    from momok_pyg.reproduce.plans import RunSpec
+    from momok_pyg.reproduce.runner import summarise
+    result = summarise(RunSpec("ablations", "no-joint", cfg, {}), m, "cmd", 1.0, None)
+    for name in m["members"]:
+        member = json.loads((tmp_path / f"member-{name}" / "metrics.json").read_text())
+        own = {k: member[k] for k in ("best_epoch", "epochs_run", "stopped_early")}
+        assert m["member_epochs"][name] == own == {"best_epoch": 1, "epochs_run": 1,
+                                                   "stopped_early": False}
+        assert result["member_epochs"][name] == {**own, "valid_still_rising": True}
+        assert set(member["git_commits"]) <= set(m["git_commits"])
+    assert result["commits"] == m["git_commits"]
 
 
 def test_ablation_switches_reach_the_model(tmp_path, data):

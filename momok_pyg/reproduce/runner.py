@@ -96,13 +96,25 @@ def _upstream_style(curve: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     return out
 
 
+def _epoch_fields(metrics: Dict[str, Any], valid_curve: List[Dict[str, Any]]
+                  ) -> Dict[str, Any]:
+    r"""How long a run trained: epochs run, best epoch, whether patience stopped it, and
+    whether valid was still rising (the best evaluation is the last one and patience did
+    not stop it)."""
+    last_eval = valid_curve[-1]["epoch"] if valid_curve else None
+    return {"epochs_run": metrics.get("epochs_run"), "best_epoch": metrics.get("best_epoch"),
+            "stopped_early": metrics.get("stopped_early"),
+            "valid_still_rising": (not metrics.get("stopped_early")
+                                   and metrics.get("best_epoch") == last_eval)}
+
+
 def summarise(spec: RunSpec, metrics: Dict[str, Any], command: str, wall: float,
               peak_rss_mb: Optional[float]) -> Dict[str, Any]:
     r"""The result JSON of a finished training run (what :mod:`momok_pyg.report` reads)."""
     test = metrics["test"]
     keep = ("mrr", "mr", "hits@1", "hits@3", "hits@10", "count")
     valid_curve = metrics.get("valid_curve") or []
-    last_eval = valid_curve[-1]["epoch"] if valid_curve else None
+    member_curves = metrics.get("member_valid_curves") or {}
     timing = metrics.get("timing", {})
     epoch_seconds = timing.get("epoch_seconds", [])
     return {
@@ -118,12 +130,12 @@ def summarise(spec: RunSpec, metrics: Dict[str, Any], command: str, wall: float,
         "commits": metrics.get("git_commits") or [(metrics.get("env") or {}).get("git_commit")],
         "model": metrics.get("model"),
         "max_epochs": spec.config.epochs,
-        "epochs_run": metrics.get("epochs_run"),
-        "best_epoch": metrics.get("best_epoch"),
-        "stopped_early": metrics.get("stopped_early"),
-        # valid still rising: the best evaluation is the last one and patience did not stop it
-        "valid_still_rising": (not metrics.get("stopped_early")
-                               and metrics.get("best_epoch") == last_eval),
+        **_epoch_fields(metrics, valid_curve),
+        # modalities trained apart (w/o joint training): each member's own epochs and curve
+        **({"member_epochs": {m: _epoch_fields(e, member_curves.get(m) or [])
+                              for m, e in metrics["member_epochs"].items()},
+            "member_valid_curves": member_curves}
+           if "member_epochs" in metrics else {}),
         "wall_seconds": timing.get("elapsed_seconds"),
         "epoch_seconds_median": _median(epoch_seconds[1:] or epoch_seconds),
         "epoch_seconds": epoch_seconds,

@@ -111,11 +111,16 @@ def _train_ensemble(config: TrainConfig, out: Path, data: HeteroData, resume: bo
     test = _evaluate(ensemble, data, "test", config, filter_index, config.eval_modalities,
                      breakdowns=True, shard=shard)
     final_eval = time.perf_counter() - t0
+    env = environment(model_device(ensemble))
     metrics = {
         "dataset": getattr(data, "dataset_name", config.dataset),
         "model": "momok-ensemble (w/o joint training)",
         "members": names,
         "best_epoch": {m: member_metrics[m]["best_epoch"] for m in names},
+        # each member trains and stops on its own: its epochs read like a single run's
+        "member_epochs": {m: {k: member_metrics[m][k]
+                              for k in ("best_epoch", "epochs_run", "stopped_early")}
+                          for m in names},
         "best_valid": _scalars(valid),
         "test": test,
         "per_modality": {m: _scalars(member_metrics[m]["test"]) for m in names},
@@ -130,7 +135,11 @@ def _train_ensemble(config: TrainConfig, out: Path, data: HeteroData, resume: bo
         },
         "num_parameters": int(sum(p.numel() for p in ensemble.parameters())),
         "config": config.to_dict(),
-        "env": environment(model_device(ensemble)),
+        "env": env,
+        # the commits the members trained under, then the one of this final evaluation
+        "git_commits": list(dict.fromkeys(
+            [c for m in names for c in member_metrics[m].get("git_commits", [])]
+            + ([env["git_commit"]] if env.get("git_commit") else []))),
     }
     if main:
         atomic_write_json(metrics, out / METRICS)
