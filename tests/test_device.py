@@ -101,6 +101,29 @@ def test_commit_of_a_tree_copy_without_git(tmp_path, monkeypatch):
     assert git_commit(Path(__file__).parent) == "0123abc+copy"
 
 
+def test_a_changed_result_does_not_make_the_code_dirty(tmp_path, monkeypatch):
+    import subprocess
+
+    from momok_pyg.training.checkpoint import git_commit
+    monkeypatch.delenv("MOMOK_PYG_COMMIT", raising=False)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "results").mkdir()
+    for name in ("pkg/code.py", "results/run.json", "RESULTS.md"):
+        (tmp_path / name).write_text("1\n")
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", "c"], check=True)
+    sha = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    # asked from a subfolder, as the package asks for its own checkout
+    (tmp_path / "results" / "run.json").unlink()
+    (tmp_path / "RESULTS.md").write_text("2\n")
+    assert git_commit(tmp_path / "pkg") == sha
+    (tmp_path / "pkg" / "code.py").write_text("2\n")
+    assert git_commit(tmp_path / "pkg") == sha + "+dirty"
+
+
 def test_a_run_resumed_under_new_code_records_every_commit(tmp_path, monkeypatch):
     # the commit recorded is the code that ran, not the tree at the end: a run trained for
     # 1 epoch at commit A and resumed at commit B lists both, B as the finishing code

@@ -119,7 +119,10 @@ def seed_everything(seed: int) -> None:
 
 def git_commit(path: PathLike = ".") -> str:
     r"""``git rev-parse HEAD`` of the checkout holding :obj:`path` with ``"+dirty"`` appended
-    when tracked files have uncommitted changes, or ``"unknown"``.
+    when tracked files have uncommitted changes, or ``"unknown"``. The outputs that
+    ``momok-pyg reproduce`` and ``momok-pyg report`` write (``results/``, ``RESULTS.md``)
+    do not count as changes: a result replaced while its run re-evaluates is not a change
+    of the code.
 
     ``MOMOK_PYG_COMMIT``, when set, names the commit instead (with ``"+copy"`` appended): for
     a copy of a committed tree run where git cannot tell (no ``.git``, or a stale one, as on
@@ -133,7 +136,8 @@ def git_commit(path: PathLike = ".") -> str:
         sha = out.stdout.strip()
         if not sha:
             return fallback
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ":(top)", ":(top,exclude)results", ":(top,exclude)RESULTS.md"],
                                cwd=Path(path), capture_output=True, text=True, timeout=10,
                                check=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -77,6 +77,11 @@ def _single(config: TrainConfig) -> bool:
     return config.joint or config.model != "momok" or config.member is not None
 
 
+def _last_places(items: List[str]) -> List[str]:
+    r""":obj:`items` without repeats, each at the place of its last occurrence."""
+    return list(reversed(dict.fromkeys(reversed(items))))
+
+
 def _train_ensemble(config: TrainConfig, out: Path, data: HeteroData, resume: bool, overwrite: bool,
                     log) -> Dict[str, Any]:
     from . import distributed
@@ -136,10 +141,11 @@ def _train_ensemble(config: TrainConfig, out: Path, data: HeteroData, resume: bo
         "num_parameters": int(sum(p.numel() for p in ensemble.parameters())),
         "config": config.to_dict(),
         "env": env,
-        # the commits the members trained under, then the one of this final evaluation
-        "git_commits": list(dict.fromkeys(
+        # the commits the members trained under (one after another), then the one of this
+        # final evaluation; a commit seen twice keeps its last place
+        "git_commits": _last_places(
             [c for m in names for c in member_metrics[m].get("git_commits", [])]
-            + ([env["git_commit"]] if env.get("git_commit") else []))),
+            + ([env["git_commit"]] if env.get("git_commit") else [])),
     }
     if main:
         atomic_write_json(metrics, out / METRICS)
