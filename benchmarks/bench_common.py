@@ -6,7 +6,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -69,14 +68,9 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32,
 
 
 def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        return out + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    r"""The commit of this checkout (see :func:`momok_pyg.training.checkpoint.git_commit`)."""
+    from momok_pyg.training.checkpoint import git_commit as commit
+    return commit(REPO)
 
 
 def cpu_name() -> str:

@@ -31,6 +31,9 @@ from typing import Any, Dict, List, Optional
 import torch
 
 import momok_pyg
+from momok_pyg.training.checkpoint import git_commit
+
+HERE = os.path.dirname(os.path.abspath(__file__))  # its checkout names the commit
 
 
 def _config(spec: Dict[str, Any]):
@@ -154,7 +157,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             + (["--raw-from", args.raw_from] if args.raw_from else [])
             + (["--root", args.root] if args.root else [])
             + ["--jobs", str(args.jobs), "--out", args.out]),
-        "momok_pyg_version": momok_pyg.__version__, "git_commit": _git_commit(),
+        "momok_pyg_version": momok_pyg.__version__, "git_commit": git_commit(HERE),
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "device": "cpu", "wall_seconds": time.perf_counter() - t0,
         "runs": runs, "summary": summary,
@@ -175,16 +178,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                   f"s.e. {s['diff_std_error']:.4f}) -> within noise: {s['within_noise']}")
     print(f"wrote {args.out}")
     return result
-
-
-def _git_commit() -> str:
-    import subprocess
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=os.path.dirname(os.path.abspath(__file__))
-                              ).stdout.strip()
-    except Exception:  # pragma: no cover - outside a checkout
-        return "unknown"
 
 
 if __name__ == "__main__":

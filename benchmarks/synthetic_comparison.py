@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 
@@ -21,14 +20,9 @@ import torch
 
 import momok_pyg
 from momok_pyg.training import TrainConfig, train
+from momok_pyg.training.checkpoint import git_commit
 
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=os.path.dirname(__file__)).stdout.strip()
-    except Exception:  # pragma: no cover - outside a checkout
-        return "unknown"
+HERE = os.path.dirname(os.path.abspath(__file__))  # its checkout names the commit
 
 
 def main(argv=None) -> dict:
@@ -70,7 +64,7 @@ def main(argv=None) -> dict:
     result = {
         "command": "python benchmarks/synthetic_comparison.py " + " ".join(
             ["--seeds", *map(str, args.seeds), "--models", *args.models, "--out", args.out]),
-        "momok_pyg_version": momok_pyg.__version__, "git_commit": git_commit(),
+        "momok_pyg_version": momok_pyg.__version__, "git_commit": git_commit(HERE),
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "runs": runs, "summary": summary,
     }
