@@ -361,6 +361,18 @@ def section_table1(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
     return out
 
 
+def _exid_share(r: Dict[str, Any]) -> Optional[float]:
+    r"""``λ · mi_upper / loss`` at the best epoch of :obj:`r`'s training curve, or ``None``
+    (no curve kept, ExID off, or no single best epoch)."""
+    cfg, best = r.get("config") or {}, r.get("best_epoch")
+    if not cfg.get("exid", True) or not isinstance(best, int):
+        return None
+    entry = next((e for e in r.get("train_curve") or [] if e.get("epoch") == best), None)
+    if entry is None or not entry.get("loss"):
+        return None
+    return cfg.get("lambda_club", 1e-4) * entry["mi_upper"] / entry["loss"]
+
+
 def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
                       everything: Optional[AllResults] = None) -> List[str]:
     out = ["### Table 2 / 8: ablations", ""]
@@ -377,6 +389,18 @@ def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
                          f"{100 * (v['mrr'] - full['test']['mrr']):+.2f}", _epochs(full)])
     out += _table(["row", "MRR", "Hits@1", "Hits@3", "Hits@10", "Δ MRR vs full", "epochs"],
                   rows)
+    ordered = sorted(results, key=lambda r: r["name"])
+    switches = [f"`{r['meta']['row']}`: " + ", ".join(f"{k} = {v}" for k, v in
+                                                      r["meta"]["switch"].items())
+                for r in ordered if r["meta"].get("switch")]
+    if switches:
+        out += ["", "Each row changes the full configuration by: " + "; ".join(switches) + "."]
+    shares = [(r["meta"]["row"], _exid_share(r)) for r in ordered]
+    shares = [(row, v) for row, v in shares if v is not None]
+    if shares:
+        out += ["", "Weight of ExID in the training objective at the best epoch (λ × CLUB bound "
+                "/ KGC loss, epoch means; rows whose result keeps its training curve): "
+                + ", ".join(f"{row} {100 * v:.3g}%" for row, v in shares) + "."]
     out += _seed_note(full, everything, "full")
     fig = plot_curves(results, fig_dir / "ablations.png", "ablations: valid / test MRR")
     out += ["", f"![ablation curves]({rel / fig.name})", ""] + _provenance(results)

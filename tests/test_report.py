@@ -269,8 +269,8 @@ def test_seed_noise_of_the_full_configuration_is_read_from_its_other_seeds(tmp_p
                          features="names", stage="seed"), 0.2, config={**cfg, "lr": 0.01}))
     _write(root, _result("ablations", "full", {"row": "full"}, 0.368, config=cfg,
                          reused={"experiment": "table1", "name": "m0", "command": "c"}))
-    _write(root, _result("ablations", "no-exid", {"row": "no-exid"}, 0.365,
-                         config={**cfg, "exid": False}))
+    _write(root, _result("ablations", "no-exid", {"row": "no-exid", "switch": {"exid": False}},
+                         0.365, config={**cfg, "exid": False}))
     everything = report.load_all(root)
     full = next(r for r in everything["ablations"] if r["name"] == "full")
     mean, std, names = report.seed_spread(full, everything)
@@ -279,6 +279,19 @@ def test_seed_noise_of_the_full_configuration_is_read_from_its_other_seeds(tmp_p
     text = report.render(root, tmp_path / "fig")
     assert ("the full configuration's test MRR is 36.60 ± 0.20 over 3 seeds "
             "(`m0`, `m1`, `m2`)") in text
+    # the switches of each row; ExID's weight where the result keeps its training curve
+    section = text[text.index("### Table 2"):]
+    assert "Each row changes the full configuration by: `no-exid`: exid = False." in section
+    assert "Weight of ExID" not in section
+    _write(root, _result("ablations", "exid-official-balance",
+                         {"row": "exid-official-balance", "switch": {"lambda_club": 1.5}},
+                         0.37, config={**cfg, "lambda_club": 1.5},
+                         train_curve=[{"epoch": 10, "loss": 2.0, "mi_upper": 4.0}]))
+    section = report.render(root, tmp_path / "fig")
+    section = section[section.index("### Table 2"):]
+    assert ("`exid-official-balance`: lambda_club = 1.5; `no-exid`: exid = False.") in section
+    assert "epoch means; rows whose result keeps its training curve): " \
+        "exid-official-balance 300%." in section
     # a configuration with one seed gives no line
     lone = _result("ablations", "no-exid", {"row": "no-exid"}, 0.365,
                    config={**cfg, "exid": False})

@@ -322,6 +322,20 @@ def test_only_patterns_and_device_reach_the_plan(tmp_path):
         R.plan("table1", _opts(tmp_path, device="gpu"))
 
 
+def test_the_official_exid_balance_row_scales_lambda_by_the_entity_count(tmp_path):
+    opts = R.Options(raw_root=str(tmp_path), root=str(tmp_path / "cache"),
+                     results_dir=str(tmp_path / "results"))
+    rows = {s.meta["row"]: s for s in R.plan("ablations", opts)}
+    assert set(rows) == set(R.ABLATIONS) | {"exid-official-balance"}
+    balance = rows["exid-official-balance"]
+    assert balance.config.lambda_club == pytest.approx(1e-4 * 15000)  # MKG-Y: N = 15,000
+    assert balance.meta["switch"] == {"lambda_club": balance.config.lambda_club}
+    assert balance.config.exid and rows["full"].config.lambda_club == R.OFFICIAL_LAMBDA
+    # a dataset whose size is known only once generated has no such row
+    assert "exid-official-balance" not in {s.meta["row"] for s in
+                                           R.plan("ablations", _opts(tmp_path))}
+
+
 def test_baselines_plan_is_a_learning_rate_grid_per_kge_model(tmp_path):
     opts = _opts(tmp_path, models=["distmult", "tucker"])
     specs = R.plan("baselines", opts)

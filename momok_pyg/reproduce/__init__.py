@@ -54,6 +54,7 @@ from .plans import (
     FOLDERS,
     MOMOK,
     OFFICIAL_FILES,
+    OFFICIAL_LAMBDA,
     RESULT_VERSION,
     RGCN,
     ROBUSTNESS_RATIOS,
@@ -76,6 +77,7 @@ from .runner import describe, run_experiment, run_training, status, summarise
 __all__ = [
     "ABLATIONS", "BASELINE", "BASELINE_KWARGS", "BASELINE_LRS", "BASELINE_MODELS",
     "BCE_PROBE_DATASETS", "BENCHMARKS", "EXPERIMENTS", "FOLDERS", "MOMOK", "OFFICIAL_FILES",
+    "OFFICIAL_LAMBDA",
     "RESULT_VERSION", "RGCN", "ROBUSTNESS_RATIOS", "ROBUSTNESS_TRANSFORMS", "TUCKER",
     "TUCKER_BCE_PROBE", "TUCKER_GRID", "Options", "RunSpec", "features_for", "load_results",
     "official_available", "parse_grid", "plan", "selected_grid_run", "selection_score",

@@ -145,6 +145,8 @@ def summarise(spec: RunSpec, metrics: Dict[str, Any], command: str, wall: float,
         "best_valid": metrics.get("best_valid"),
         "valid_curve": valid_curve,
         "test_curve": metrics.get("test_curve") or [],
+        # per epoch: the KGC loss, the CLUB bound and the Q networks' loss (epoch means)
+        "train_curve": metrics.get("train_curve") or [],
         "test": {**{k: test[k] for k in keep if k in test},
                  **{k: {kk: test[k][kk] for kk in keep if kk in test[k]}
                     for k in ("head", "tail", "unseen_entity") if k in test},
