@@ -224,7 +224,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     test = metrics["test"]
-    print(json.dumps({"run": str(out), "best_epoch": metrics["best_epoch"],
+    # an ensemble (w/o joint training) has no epoch of its own: each member's best epoch
+    best = metrics["best_epoch"] if "member_epochs" not in metrics else {
+        m: e["best_epoch"] for m, e in metrics["member_epochs"].items()}
+    print(json.dumps({"run": str(out), "best_epoch": best,
                       "test": {k: test[k] for k in ("mrr", "mr", "hits@1", "hits@3", "hits@10")},
                       "per_modality_mrr": {m: v["mrr"] for m, v in
                                            metrics.get("per_modality", {}).items()},

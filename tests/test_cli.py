@@ -44,6 +44,19 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
     assert "(?, " in capsys.readouterr().out
 
 
+def test_cli_train_without_joint_prints_each_members_best_epoch(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--synthetic", *TINY, "--dim", "8", "--epochs", "1", "--no-joint",
+                 "--batch-size", "512", "--threads", "1", "--no-progress",
+                 "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    printed = json.loads(out[out.index("{\n"):])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert printed["best_epoch"] == {m: e["best_epoch"]
+                                     for m, e in metrics["member_epochs"].items()}
+    assert set(printed["best_epoch"]) == {"structure", "image", "text"}
+
+
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["evaluate", "--run", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err

@@ -130,12 +130,12 @@ def summarise(spec: RunSpec, metrics: Dict[str, Any], command: str, wall: float,
         "commits": metrics.get("git_commits") or [(metrics.get("env") or {}).get("git_commit")],
         "model": metrics.get("model"),
         "max_epochs": spec.config.epochs,
-        **_epoch_fields(metrics, valid_curve),
-        # modalities trained apart (w/o joint training): each member's own epochs and curve
+        # modalities trained apart (w/o joint training) have no epochs of their own: each
+        # member's epochs and curve instead
         **({"member_epochs": {m: _epoch_fields(e, member_curves.get(m) or [])
                               for m, e in metrics["member_epochs"].items()},
             "member_valid_curves": member_curves}
-           if "member_epochs" in metrics else {}),
+           if "member_epochs" in metrics else _epoch_fields(metrics, valid_curve)),
         "wall_seconds": timing.get("elapsed_seconds"),
         "epoch_seconds_median": _median(epoch_seconds[1:] or epoch_seconds),
         "epoch_seconds": epoch_seconds,

@@ -121,7 +121,6 @@ def _train_ensemble(config: TrainConfig, out: Path, data: HeteroData, resume: bo
         "dataset": getattr(data, "dataset_name", config.dataset),
         "model": "momok-ensemble (w/o joint training)",
         "members": names,
-        "best_epoch": {m: member_metrics[m]["best_epoch"] for m in names},
         # each member trains and stops on its own: its epochs read like a single run's
         "member_epochs": {m: {k: member_metrics[m][k]
                               for k in ("best_epoch", "epochs_run", "stopped_early")}
