@@ -292,6 +292,11 @@ def test_seed_noise_of_the_full_configuration_is_read_from_its_other_seeds(tmp_p
     assert ("`exid-official-balance`: lambda_club = 1.5; `no-exid`: exid = False.") in section
     assert "epoch means; rows whose result keeps its training curve): " \
         "exid-official-balance 300%." in section
+    # a result written before the config kept lambda_club: the config's default applies
+    no_lambda = {k: v for k, v in cfg.items() if k != "lambda_club"}
+    assert report.exid_share({"config": no_lambda, "best_epoch": 10, "train_curve": [
+        {"epoch": 10, "loss": 2.0, "mi_upper": 4.0}]}) == pytest.approx(
+            2 * TrainConfig.lambda_club)
     # a configuration with one seed gives no line
     lone = _result("ablations", "no-exid", {"row": "no-exid"}, 0.365,
                    config={**cfg, "exid": False})
@@ -299,16 +304,15 @@ def test_seed_noise_of_the_full_configuration_is_read_from_its_other_seeds(tmp_p
 
 
 def test_epochs_of_a_run_and_of_members_trained_apart():
-    from momok_pyg.report import _epochs
-    assert _epochs({"best_epoch": 40, "epochs_run": 70, "stopped_early": True}) == \
+    from momok_pyg.report.formatting import epochs
+    assert epochs({"best_epoch": 40, "epochs_run": 70, "stopped_early": True}) == \
         "best 40 of 70, early stop"
-    assert _epochs({"best_epoch": 90, "epochs_run": 90, "stopped_early": False,
-                    "valid_still_rising": True}) == "best 90 of 90 (valid still rising)"
+    assert epochs({"best_epoch": 90, "epochs_run": 90, "stopped_early": False,
+                   "valid_still_rising": True}) == "best 90 of 90 (valid still rising)"
     # w/o joint training: each member trained and stopped on its own
-    apart = {"best_epoch": {"structure": 170, "text": 45}, "epochs_run": None,
-             "member_epochs": {
-                 "structure": {"best_epoch": 170, "epochs_run": 200, "stopped_early": True},
-                 "text": {"best_epoch": 75, "epochs_run": 75, "stopped_early": False,
-                          "valid_still_rising": True}}}
-    assert _epochs(apart) == ("structure best 170 of 200, early stop; "
-                              "text best 75 of 75 (valid still rising)")
+    apart = {"member_epochs": {
+        "structure": {"best_epoch": 170, "epochs_run": 200, "stopped_early": True},
+        "text": {"best_epoch": 75, "epochs_run": 75, "stopped_early": False,
+                 "valid_still_rising": True}}}
+    assert epochs(apart) == ("structure best 170 of 200, early stop; "
+                             "text best 75 of 75 (valid still rising)")

@@ -1,0 +1,3 @@
+from momok_pyg.report.document import main
+
+raise SystemExit(main())

@@ -1,0 +1,98 @@
+r"""Markdown formatting of result numbers: percentages, mean ± std, tables, epochs,
+devices, machines and each section's provenance lines."""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from momok_pyg.report.results import AllResults, seed_spread
+
+
+def pct(x: Optional[float]) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def mean_std(xs: Sequence[float]) -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "—"
+    if len(xs) == 1:
+        return f"{100 * xs[0]:.2f}"
+    return f"{100 * statistics.mean(xs):.2f} ± {100 * statistics.stdev(xs):.2f}"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> List[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def epochs(r: Dict[str, Any]) -> str:
+    members = r.get("member_epochs")
+    if members:  # modalities trained apart (no joint): each member stopped on its own
+        return "; ".join(f"{m} {epochs(e)}" for m, e in members.items())
+    rising = " (valid still rising)" if r.get("valid_still_rising") else ""
+    stop = ", early stop" if r.get("stopped_early") else ""
+    return f"best {r.get('best_epoch')} of {r.get('epochs_run')}{stop}{rising}"
+
+
+def device(r: Dict[str, Any]) -> str:
+    r"""``"cpu"`` or the GPU's name (``"cuda NVIDIA H200"``) a run trained on."""
+    env = r.get("env") or {}
+    dev = str(env.get("device", "cpu"))
+    return f"cuda {env['gpu_name']}" if dev.startswith("cuda") and env.get("gpu_name") else dev
+
+
+def devices(results: Iterable[Dict[str, Any]]) -> str:
+    return ", ".join(sorted({device(r) for r in results}))
+
+
+def machines(results: Iterable[Dict[str, Any]]) -> str:
+    seen = []
+    for r in results:
+        env = r.get("env") or {}
+        m = (f"{env.get('cpu_model') or env.get('cpu')}, {env.get('cpu_count')} CPUs, "
+             f"{env.get('threads')} torch thread(s), device {env.get('device', 'cpu')}, "
+             f"torch {env.get('torch')}")
+        if m not in seen:
+            seen.append(m)
+    return "; ".join(seen) or "unknown"
+
+
+def provenance(results: Sequence[Dict[str, Any]]) -> List[str]:
+    # a reused result keeps the command that trained it; the copying command is listed too
+    commands = sorted({r.get("command") or "?" for r in results} |
+                      {r["reused"]["command"] for r in results
+                       if (r.get("reused") or {}).get("command")})
+    # every commit a run trained under (a resumed run may span several)
+    commits = sorted({str(c)[:12] for r in results
+                      for c in (r.get("commits") or [r.get("commit")])})
+    out = ["Written by:", ""]
+    out += [f"    {c}" for c in commands]
+    out += ["", f"Commits: {', '.join(f'`{c}`' for c in commits)}. Machine: {machines(results)}."
+            f" Files: `{Path(results[0]['_file']).parent}/` ({len(results)} JSON)."]
+    reused = [r for r in results if r.get("reused")]
+    if reused:
+        out += ["", "Not trained again: " + "; ".join(
+            f"`{r['name']}` is `{r['reused']['experiment']}/{r['reused']['name']}`"
+            for r in sorted(reused, key=lambda r: r["name"])) +
+            " (the same configuration and budget; its result file is copied)."]
+    return out
+
+
+def with_args(name: str, args: Dict[str, Any]) -> str:
+    r"""``"name (k1=v1, k2=v2)"``, or :obj:`name` alone without arguments."""
+    return f"{name} ({', '.join(f'{k}={v}' for k, v in sorted(args.items()))})" if args else name
+
+
+def seed_note(run: Optional[Dict[str, Any]], everything: Optional[AllResults],
+               label: str) -> List[str]:
+    spread = None if run is None else seed_spread(run, everything)
+    if spread is None:
+        return []
+    mean, std, names = spread
+    return ["", f"Seed noise: the {label} configuration's test MRR is {100 * mean:.2f} ± "
+            f"{100 * std:.2f} over {len(names)} seeds ({', '.join(f'`{n}`' for n in names)}); "
+            f"a one-seed difference of about that size is not an effect."]
