@@ -88,7 +88,7 @@ def with_args(name: str, args: Dict[str, Any]) -> str:
 
 
 def seed_note(run: Optional[Dict[str, Any]], everything: Optional[AllResults],
-               label: str) -> List[str]:
+              label: str) -> List[str]:
     spread = None if run is None else seed_spread(run, everything)
     if spread is None:
         return []

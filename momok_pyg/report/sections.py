@@ -102,12 +102,12 @@ def section_table1(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
             "best MRR on the valid triples that are not also training triples (DB15K: 8,719 "
             "of 9,904 valid triples are in train), read from the same run's test curve.", ""]
     out += fmt.table(["dataset", "model", "n", "MRR", "Hits@1", "Hits@3", "Hits@10", "paper MRR",
-                   "Δ MRR", "upstream-style MRR", "sel. not-in-train MRR",
-                   "epochs (per seed)", "device"], rows)
+                      "Δ MRR", "upstream-style MRR", "sel. not-in-train MRR",
+                      "epochs (per seed)", "device"], rows)
     if grid_rows:
         out += ["", "TuckER grid at the first seed (selection on valid MRR):", ""]
         out += fmt.table(["dataset", "grid point", "valid MRR", "test MRR", "epochs", "device",
-                       ""], grid_rows)
+                          ""], grid_rows)
     out += [""] + notes + [""] + fmt.provenance(results)
     return out
 
@@ -127,7 +127,7 @@ def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
             rows.append([f"full, scored by {m} only", *(fmt.pct(v.get(k)) for k in METRICS),
                          f"{100 * (v['mrr'] - full['test']['mrr']):+.2f}", fmt.epochs(full)])
     out += fmt.table(["row", "MRR", "Hits@1", "Hits@3", "Hits@10", "Δ MRR vs full", "epochs"],
-                  rows)
+                     rows)
     ordered = sorted(results, key=lambda r: r["name"])
     switches = [f"`{r['meta']['row']}`: " + ", ".join(f"{k} = {v}" for k, v in
                                                       r["meta"]["switch"].items())
@@ -153,7 +153,8 @@ def section_robustness(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
     transforms = sorted({r["meta"]["transform"] for r in results if r["meta"].get("transform")})
     if not transforms:  # only the unperturbed runs so far: no curve to draw
         out += fmt.table(["transform", "model", "ratio", "test MRR"],
-                      [["none", m, 0.0, fmt.pct(clean[m]["test"]["mrr"])] for m in sorted(clean)])
+                         [["none", m, 0.0, fmt.pct(clean[m]["test"]["mrr"])]
+                          for m in sorted(clean)])
         return out + ["", "No perturbed run has finished yet."] + [""] + fmt.provenance(results)
     plt = pyplot()
     # one x and one y axis (from 0) for all panels, so that a small change looks small
@@ -261,7 +262,7 @@ def section_cost(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
             "*× TuckER*: seconds per epoch over TuckER's on the same dataset and device "
             "(— where that pair was not measured on one device).", ""]
     out += fmt.table(["dataset", "model", "features", "device", "s / epoch", "× TuckER",
-                   "peak RSS (MB)", "peak GPU memory (MB)", "parameters"], rows)
+                      "peak RSS (MB)", "peak GPU memory (MB)", "parameters"], rows)
     return out + [""] + fmt.provenance(results)
 
 
@@ -275,7 +276,7 @@ def section_unseen(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
                      else "fixed", fmt.pct(r["test"]["mrr"]), fmt.pct(u.get("mrr")),
                      fmt.pct(u.get("hits@10")), u.get("count", "—"), fmt.epochs(r)])
     out += fmt.table(["dataset", "feature tables", "test MRR", "unseen-entity MRR",
-                   "unseen-entity Hits@10", "unseen queries", "epochs"], rows)
+                      "unseen-entity Hits@10", "unseen queries", "epochs"], rows)
     return out + [""] + fmt.provenance(results)
 
 
@@ -302,7 +303,7 @@ def section_baselines(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
             "per learning rate) and its test metrics (%) under the same filtered evaluation as "
             "every other table.", ""]
     out += fmt.table(["dataset", "model", "selected", "grid (valid MRR)", "MRR", "Hits@1",
-                   "Hits@3", "Hits@10", "epochs", "device"], rows)
+                      "Hits@3", "Hits@10", "epochs", "device"], rows)
     return out + [""] + fmt.provenance(results)
 
 
@@ -313,7 +314,7 @@ def section_encoders(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
     rows = []
     for r in sorted(results, key=lambda r: r["name"]):
         label = fmt.with_args("R-GCN", {k: v for k, v in (r["meta"].get("encoder") or {}).items()
-                                     if k != "name"})
+                                        if k != "name"})
         ref = table1.get(r["meta"].get("compare_to"))
         budget = int(r.get("max_epochs") or r["config"].get("epochs") or 0)
         same = None if ref is None else selected_within(ref, budget)
@@ -332,8 +333,8 @@ def section_encoders(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
             "*same budget*: the Table 1 run's test MRR at its best valid evaluation within the "
             "R-GCN run's epoch budget (read from its tracked curves).", ""]
     out += fmt.table(["dataset", "model", "structure encoder", "MRR", "Hits@1", "Hits@3",
-                   "Hits@10", "epochs", "embedding table (Table 1 run)", "its MRR", "Δ MRR",
-                   "its MRR, same budget", "Δ, same budget", "device"], rows)
+                      "Hits@10", "epochs", "embedding table (Table 1 run)", "its MRR", "Δ MRR",
+                      "its MRR, same budget", "Δ, same budget", "device"], rows)
     fig = plot_curves(sorted(results, key=lambda r: r["name"]) + [
         table1[r["meta"]["compare_to"]] for r in results if r["meta"].get("compare_to") in table1],
         fig_dir / "encoders.png", "R-GCN structure encoder vs embedding table: valid / test MRR")
@@ -375,7 +376,7 @@ def section_status(results_dir: PathLike, everything: AllResults,
              "appear once they can be planned) and how many have a result file. Every "
              "pending run is continued by the experiment's command.", ""]
             + fmt.table(["experiment", "paper item", "finished / planned", "pending (first "
-                      f"{shown})"], rows))
+                         f"{shown})"], rows))
 
 
 SECTIONS = (("table1", section_table1), ("baselines", section_baselines),
