@@ -65,6 +65,8 @@ def selected_within(r: Dict[str, Any], max_epoch: int) -> Optional[float]:
 
 
 def selection_mrr(r: Dict[str, Any]) -> Optional[float]:
+    r"""The valid MRR :obj:`r` selected its checkpoint on: on the valid triples not in train
+    where it selected on those (``select_on``), else on all valid triples."""
     bv = r.get("best_valid") or {}
     if r.get("select_on") == "valid_not_in_train":
         return (bv.get("not_in_train") or {}).get("mrr")
@@ -103,7 +105,7 @@ def seed_spread(run: Dict[str, Any], everything: Optional[AllResults]
 
 def exid_share(r: Dict[str, Any]) -> Optional[float]:
     r"""``λ · mi_upper / loss`` at the best epoch of :obj:`r`'s training curve, or ``None``
-    (no curve kept, ExID off, or no single best epoch)."""
+    (no curve kept, ExID off, or no best epoch of its own: an ensemble)."""
     cfg, best = r.get("config") or {}, r.get("best_epoch")
     if not cfg.get("exid", True) or not isinstance(best, int):
         return None
