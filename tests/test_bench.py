@@ -5,6 +5,7 @@ experts recomputed for every use, per-query sort-based ranking). Built from a Mo
 it must give the same scores and the same filtered ranks in eval mode; otherwise the speed
 comparison of ``benchmarks/bench_momok.py`` would compare two different models.
 """
+import json
 import sys
 from pathlib import Path
 
@@ -241,3 +242,35 @@ def test_counted_flops_match_torch_flop_counter():
     assert counted + heads_views == pytest.approx(
         fc.get_total_flops() - padding + fused_gate_and_mix(True), rel=0.05)
     assert fused._COMPILED == compiled_before
+
+
+def test_parallel_benchmark_latency_throughput_and_ratio():
+    import bench_parallel
+    # the first epoch is not timed; the median of the rest is the latency
+    assert bench_parallel.latency([9.0, 2.0, 4.0, 3.0]) == 3.0
+    assert bench_parallel.latency([5.0]) == 5.0
+    with pytest.raises(ValueError, match="no epoch"):
+        bench_parallel.latency([])
+    s = bench_parallel.summarise({"alone": [[7.0, 10.0, 10.0]],
+                                  "side_by_side": [[9.0, 15.0, 15.0], [9.0, 30.0, 30.0]]})
+    assert s["alone"]["epochs_per_hour"] == pytest.approx(360.0)
+    assert s["side_by_side"]["latency_seconds"] == [15.0, 30.0]
+    assert s["side_by_side"]["epochs_per_hour"] == pytest.approx(240.0 + 120.0)
+    assert s["side_by_side_vs_alone"] == pytest.approx(1.0)
+
+
+def test_parallel_benchmark_trains_each_mode_and_writes_json(tmp_path):
+    import bench_parallel
+    out = tmp_path / "parallel.json"
+    result = bench_parallel.main([
+        "--dataset", "synthetic", "--model", "tucker", "--epochs", "2", "--cores", "2",
+        "--root", str(tmp_path / "data"), "--set", "dim=8", "--out", str(out)])
+    written = json.loads(out.read_text())
+    assert written["summary"] == result["summary"]
+    assert written["config"]["dim"] == 8 and written["config"]["epochs"] == 2
+    assert written["threads"] == {"alone": 2, "side_by_side": 1}
+    alone, side = written["summary"]["alone"], written["summary"]["side_by_side"]
+    assert len(alone["epoch_seconds"]) == 1 and len(side["epoch_seconds"]) == 2
+    assert all(len(p) == 2 for p in alone["epoch_seconds"] + side["epoch_seconds"])
+    ratio = side["epochs_per_hour"] / alone["epochs_per_hour"]
+    assert written["summary"]["side_by_side_vs_alone"] == pytest.approx(ratio)
