@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import environment, git_commit, markdown_table  # noqa: E402
+
+from momok_pyg.reproduce.runner import median_epoch_seconds  # noqa: E402
 
 
 def run(procs: int, threads: int, args: argparse.Namespace, root: Path,
@@ -46,7 +47,7 @@ def run(procs: int, threads: int, args: argparse.Namespace, root: Path,
                 "error": proc.stderr[-800:]}
     m = json.loads((out / "metrics.json").read_text())
     epochs = m["timing"]["epoch_seconds"]
-    median = statistics.median(epochs[1:] or epochs)
+    median = median_epoch_seconds(epochs)
     batches = -(-m["num_train_queries"] // args.batch_size)
     return {"procs": procs, "threads": threads, "ok": True, "epoch_seconds": epochs,
             "epoch_seconds_median": median, "batches_per_epoch": batches,

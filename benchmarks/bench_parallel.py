@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,17 +44,19 @@ from bench_common import DEFAULT_RAW, REPO, environment, markdown_table  # noqa:
 
 from momok_pyg.cli import _parse_pairs  # noqa: E402
 from momok_pyg.reproduce.plans import Options, cost  # noqa: E402
+from momok_pyg.reproduce.runner import median_epoch_seconds  # noqa: E402
 from momok_pyg.training.checkpoint import atomic_write_json  # noqa: E402
 
 MODES = ("alone", "side_by_side")
 
 
 def latency(epoch_seconds: Sequence[float]) -> float:
-    r"""Median seconds per epoch after the first (the first alone when there is one)."""
-    if not epoch_seconds:
+    r"""A process's seconds per epoch (:func:`~momok_pyg.reproduce.runner.median_epoch_seconds`);
+    raises if no epoch was timed."""
+    median = median_epoch_seconds(epoch_seconds)
+    if median is None:
         raise ValueError("no epoch was timed")
-    rest = list(epoch_seconds[1:]) or list(epoch_seconds)
-    return float(statistics.median(rest))
+    return median
 
 
 def throughput(latencies: Sequence[float]) -> float:

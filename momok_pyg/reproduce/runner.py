@@ -77,7 +77,10 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _median(xs: Sequence[float]) -> Optional[float]:
+def median_epoch_seconds(epoch_seconds: Sequence[float]) -> Optional[float]:
+    r"""Median seconds per epoch after the first (which pays for compilation and allocator
+    warm-up); the first alone when it is the only one; ``None`` when no epoch was timed."""
+    xs = list(epoch_seconds[1:]) or list(epoch_seconds)
     return float(statistics.median(xs)) if xs else None
 
 
@@ -137,7 +140,7 @@ def summarise(spec: RunSpec, metrics: Dict[str, Any], command: str, wall: float,
             "member_valid_curves": member_curves}
            if "member_epochs" in metrics else _epoch_fields(metrics, valid_curve)),
         "wall_seconds": timing.get("elapsed_seconds"),
-        "epoch_seconds_median": _median(epoch_seconds[1:] or epoch_seconds),
+        "epoch_seconds_median": median_epoch_seconds(epoch_seconds),
         "epoch_seconds": epoch_seconds,
         "peak_rss_mb": peak_rss_mb,
         "peak_gpu_memory_mb": metrics.get("peak_gpu_memory_mb"),
