@@ -44,7 +44,7 @@ from bench_common import DEFAULT_RAW, REPO, environment, markdown_table  # noqa:
 
 from momok_pyg.cli import _parse_pairs  # noqa: E402
 from momok_pyg.reproduce.plans import Options, cost  # noqa: E402
-from momok_pyg.reproduce.runner import median_epoch_seconds  # noqa: E402
+from momok_pyg.reproduce.runner import child_command, median_epoch_seconds  # noqa: E402
 from momok_pyg.training.checkpoint import atomic_write_json  # noqa: E402
 
 MODES = ("alone", "side_by_side")
@@ -94,11 +94,9 @@ def run_mode(spec, processes: int, threads: int, work: Path) -> List[List[float]
     for i in range(processes):
         out = work / f"p{i}"
         out.mkdir(parents=True)
-        cfg = out / "config_in.json"
-        dataclasses.replace(spec.config, threads=threads).save(cfg)
+        cmd = child_command(dataclasses.replace(
+            spec, config=dataclasses.replace(spec.config, threads=threads)), out)
         log = open(out / "train.log", "w")
-        cmd = [sys.executable, "-m", "momok_pyg.cli", "train", "--config", str(cfg),
-               "--out", str(out)]
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO),
                       log, out))
     times = []

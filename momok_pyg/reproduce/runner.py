@@ -161,7 +161,9 @@ def summarise(spec: RunSpec, metrics: Dict[str, Any], command: str, wall: float,
     }
 
 
-def _child_command(spec: RunSpec, run_dir: Path) -> List[str]:
+def child_command(spec: RunSpec, run_dir: Path) -> List[str]:
+    r"""Saves :obj:`spec`'s config in :obj:`run_dir` and returns the ``momok-pyg train``
+    command that trains it there."""
     cfg = run_dir / "reproduce_config.json"
     spec.config.save(cfg)
     return [sys.executable, "-m", "momok_pyg.cli", "train", "--config", str(cfg),
@@ -193,7 +195,7 @@ def run_training(spec: RunSpec, run_dir: Path, log_path: Path,
     it is interrupted (``KeyboardInterrupt``, or ``SystemExit`` from the ``SIGTERM``
     handler of ``momok-pyg reproduce``) it is terminated and reaped before the exception
     propagates: the run's checkpoints are written atomically, so it resumes later."""
-    cmd = _child_command(spec, run_dir)
+    cmd = child_command(spec, run_dir)
     t0 = time.perf_counter()
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
