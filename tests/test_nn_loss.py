@@ -104,3 +104,41 @@ def test_losses_and_aggregation_follow_their_formulas():
                                (torch.sigmoid(s["a"]) + torch.sigmoid(s["b"])) / 2)
     with pytest.raises(KeyError, match="joint"):
         ce.aggregate(s, ["joint"])
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_ce_gradient_has_no_subnormal_floats(eps):
+    # a trained model separates its scores by more than 87 (= -log of the smallest normal
+    # float): softmax / B of the far-below candidates underflows into subnormals, which x86
+    # CPUs multiply many times slower in the gradient products; the loss flushes them to zero
+    from momok_pyg.nn import one_to_n_loss
+    from momok_pyg.nn.loss import _ce_loss_and_grad_, sparse_rows
+    torch.manual_seed(0)
+    B, N = 6, 400
+    score = torch.linspace(0.0, -110.0, N).repeat(B, 1) + 0.1 * torch.randn(B, N)
+    y = torch.zeros(B, N)
+    y[:, 0] = 1
+    y[2, 3] = 1
+    tiny = torch.finfo(torch.float32).tiny
+
+    def subnormal(g):
+        return int(((g.abs() < tiny) & (g != 0)).sum())
+    # the reference gradient (autograd through F.cross_entropy) does carry subnormals here
+    s = score.clone().requires_grad_()
+    ref = F.cross_entropy(s, y / y.sum(1, keepdim=True), label_smoothing=eps)
+    g_ref, = torch.autograd.grad(ref, s)
+    softmax_part = torch.softmax(score, 1) / B
+    assert subnormal(softmax_part) > 0
+    s = score.clone().requires_grad_()
+    g_unfused, = torch.autograd.grad(one_to_n_loss(s, y.to_sparse(), "ce", eps), s)
+    row, col, value = sparse_rows(y.to_sparse())
+    loss, g_fused = _ce_loss_and_grad_(score.clone(), row, col, value, eps)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    for g in (g_unfused, g_fused):
+        assert subnormal(g) == 0
+        # equal to the reference up to the flushed values (each below the smallest normal;
+        # rtol 1e-4: with eps > 0 a few entries are softmax - eps / (N B), a cancellation)
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=2 * tiny)
+        # every entry whose softmax part is normal is untouched (no flush beyond subnormals)
+        keep = softmax_part >= tiny
+        torch.testing.assert_close(g[keep], g_ref[keep], rtol=1e-4, atol=0.0)

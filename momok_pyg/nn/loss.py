@@ -29,6 +29,13 @@ For weights :math:`y_{bt} \ge 0` (1 for a multi-hot answer, 0 elsewhere) and lab
 
 with :math:`\tilde{\mathbf{y}}_b^\top \mathbf{s}_b` computed from the non-zeros of
 :math:`\mathbf{y}` plus :math:`\sum_t s_{bt}`. The ``"ce"`` loss is averaged over the batch.
+
+The softmax part of the ``"ce"`` gradient is flushed to zero below the smallest normal float
+(:func:`flush_subnormal_`): once a model separates its scores, most :math:`\mathrm{softmax}
+(\mathbf{s}_b)_t / B` fall below :math:`1.2 \cdot 10^{-38}`, and x86 CPUs multiply such
+subnormal floats up to ~200x slower, so the two gradient products over
+:math:`\mathbf{G}` slowed a MoMoK epoch on MKG-W from 22 s to 48 s within 70 epochs. A
+value that small changes no gradient entry by more than :math:`10^{-38}` times an embedding.
 """
 from __future__ import annotations
 
@@ -39,6 +46,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 LOSSES = ("ce", "bce")
+
+
+def flush_subnormal_(x: Tensor) -> Tensor:
+    r"""Sets the entries of the non-negative float tensor :obj:`x` that are below the smallest
+    normal float of its dtype (subnormals) to zero, in place (one pass, no allocation): what a
+    CPU's flush-to-zero mode would do, but for this tensor only and in every thread."""
+    tiny = torch.finfo(x.dtype).tiny
+    return torch.threshold_(x, float(torch.nextafter(torch.tensor(tiny, dtype=x.dtype),
+                                                      torch.tensor(0.0, dtype=x.dtype))), 0.0)
 
 
 def sparse_rows(target: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -96,7 +112,7 @@ def _ce_loss_and_grad_(score: Tensor, row: Tensor, col: Tensor, value: Tensor,
     top = score.amax(dim=1, keepdim=True)
     z = score.sub_(top).exp_().sum(dim=1)
     loss = (coef * (top.squeeze(1) + z.log()) - linear).mean()
-    grad = score.mul_((coef / (B * z)).unsqueeze(1))
+    grad = flush_subnormal_(score.mul_((coef / (B * z)).unsqueeze(1)))
     return loss, _answer_terms_(grad, row, col, value, "ce", eps, weight)
 
 
@@ -109,7 +125,7 @@ def _loss_grad(score: Tensor, row: Tensor, col: Tensor, value: Tensor, kind: str
     if kind == "ce":
         lse, coef, weight = aux
         # c_b softmax(s_b) / B = exp(s_b - lse_b + log(c_b / B)): two passes over [B, N]
-        grad.sub_((lse - torch.log(coef / B)).unsqueeze(1)).exp_()
+        flush_subnormal_(grad.sub_((lse - torch.log(coef / B)).unsqueeze(1)).exp_())
         return _answer_terms_(grad, row, col, value, kind, eps, weight)
     grad.sigmoid_().sub_(1.0 / N).mul_(1.0 / (B * N))
     return _answer_terms_(grad, row, col, value, kind, eps)
