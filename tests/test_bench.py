@@ -274,3 +274,43 @@ def test_parallel_benchmark_trains_each_mode_and_writes_json(tmp_path):
     assert all(len(p) == 2 for p in alone["epoch_seconds"] + side["epoch_seconds"])
     ratio = side["epochs_per_hour"] / alone["epochs_per_hour"]
     assert written["summary"]["side_by_side_vs_alone"] == pytest.approx(ratio)
+
+
+def test_subnormal_benchmark_off_mode_is_the_unflushed_loss_and_writes_json(tmp_path):
+    import bench_subnormal
+
+    import momok_pyg.nn.loss as loss_module
+    from momok_pyg.training import TrainConfig, train
+    # "off" swaps in the loss as it was (subnormals kept) and restores the current one after
+    torch.manual_seed(0)
+    score = torch.linspace(0.0, -110.0, 300).repeat(4, 1)
+    target = torch.zeros(4, 300)
+    target[:, 0] = 1
+    row, col, value = loss_module.sparse_rows(target)
+    current = loss_module._ce_loss_and_grad_
+    with bench_subnormal.flush(False):
+        loss_off, g_off = loss_module._ce_loss_and_grad_(score.clone(), row, col, value, 0.0)
+    assert loss_module._ce_loss_and_grad_ is current
+    loss_on, g_on = current(score.clone(), row, col, value, 0.0)
+    assert bench_subnormal.subnormal_fraction(g_off) > 0.0
+    assert bench_subnormal.subnormal_fraction(g_on) == 0.0
+    torch.testing.assert_close(loss_on, loss_off)
+    torch.testing.assert_close(g_on, g_off, rtol=1e-6, atol=2 * torch.finfo(torch.float32).tiny)
+    # the kernel and the training-step timings of a (tiny, synthetic) run's last.pt
+    tiny = dict(num_entities=200, num_triples=1500, num_groups=5, num_attributes=4)
+    run = tmp_path / "run"
+    train(TrainConfig(synthetic=tiny, dim=8, epochs=1, batch_size=256, progress=False), run)
+    out = tmp_path / "subnormal.json"
+    result = bench_subnormal.main([
+        "--batch", "32", "--entities", "500", "--dim", "8", "--score-std", "1", "40",
+        "--repeats", "1", "--run", str(run), "--steps", "1", "--out", str(out)])
+    written = json.loads(out.read_text())
+    assert written["kernel"] == result["kernel"]
+    low, high = written["kernel"]
+    assert low["subnormal_fraction_unflushed"] == 0.0
+    assert high["subnormal_fraction_unflushed"] > 0.0
+    assert all(k["ms_flush_on"] > 0 and k["ms_flush_off"] > 0 for k in written["kernel"])
+    step = written["step"]
+    assert step["epochs_trained"] == 1 and step["model"] == "momok" and step["steps"] == 1
+    assert step["off_vs_on"] == pytest.approx(step["trained_flush_off_s"]
+                                              / step["trained_flush_on_s"])
