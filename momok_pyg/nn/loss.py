@@ -31,11 +31,14 @@ with :math:`\tilde{\mathbf{y}}_b^\top \mathbf{s}_b` computed from the non-zeros 
 :math:`\mathbf{y}` plus :math:`\sum_t s_{bt}`. The ``"ce"`` loss is averaged over the batch.
 
 The softmax part of the ``"ce"`` gradient is flushed to zero below the smallest normal float
-(:func:`flush_subnormal_`): once a model separates its scores, most :math:`\mathrm{softmax}
-(\mathbf{s}_b)_t / B` fall below :math:`1.2 \cdot 10^{-38}`, and x86 CPUs multiply such
-subnormal floats up to ~200x slower, so the two gradient products over
-:math:`\mathbf{G}` slowed a MoMoK epoch on MKG-W from 22 s to 48 s within 70 epochs. A
-value that small changes no gradient entry by more than :math:`10^{-38}` times an embedding.
+(:func:`flush_subnormal_`; the fused loss also raises scores more than
+:math:`\log(B \cdot 1.2 \cdot 10^{-38})` below the row's best to that floor before the
+exponential, whose gradient the flush then zeroes). Once a model separates its scores, many
+:math:`\mathrm{softmax}(\mathbf{s}_b)_t / B` fall below :math:`1.2 \cdot 10^{-38}`, and x86
+CPUs compute with such subnormal floats many times slower: the gradient products over
+:math:`\mathbf{G}` slowed a MoMoK epoch on MKG-W from 22 s to 48 s within 70 epochs
+(``benchmarks/bench_subnormal.py``). A value that small changes no gradient entry by more
+than :math:`10^{-38}` times an embedding.
 """
 from __future__ import annotations
 
@@ -114,7 +117,7 @@ def _ce_loss_and_grad_(score: Tensor, row: Tensor, col: Tensor, value: Tensor,
     # arguments x below log(B tiny) are raised to it first: their gradient c_b e^x / (B z_b)
     # is below tiny anyway (z_b >= 1 >= c_b) and the flush zeroes it, z_b moves by less than
     # N B tiny (below float32's resolution at z_b >= 1), and exp never makes or reads a
-    # subnormal (its slow path: ~3x the time of the whole pass)
+    # subnormal (its slow path)
     floor = math.log(B * torch.finfo(score.dtype).tiny)
     z = score.sub_(top).clamp_min_(floor).exp_().sum(dim=1)
     loss = (coef * (top.squeeze(1) + z.log()) - linear).mean()
