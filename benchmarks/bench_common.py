@@ -9,7 +9,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -276,6 +276,18 @@ def eval_flops(kind: str, num_queries: int, batch_size: int, U_per_batch: Sequen
         for k, v in f.items():
             total[k] = total.get(k, 0.0) + v
     return total
+
+
+def write_result(result: Dict[str, Any], out: Path,
+                 print_table: Callable[[Dict[str, Any]], None]) -> Dict[str, Any]:
+    r"""Writes a benchmark's :obj:`result` to the JSON :obj:`out` (atomically, creating its
+    folder), prints it with :obj:`print_table` and where it went; returns :obj:`result`."""
+    from momok_pyg.training.checkpoint import atomic_write_json
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(result, out)
+    print_table(result)
+    print(f"\nwrote {out}")
+    return result
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:

@@ -40,12 +40,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import DEFAULT_RAW, REPO, environment, markdown_table  # noqa: E402
+from bench_common import DEFAULT_RAW, REPO, environment, markdown_table, write_result  # noqa: E402
 
 from momok_pyg.cli import _parse_pairs  # noqa: E402
 from momok_pyg.reproduce.plans import Options, cost  # noqa: E402
 from momok_pyg.reproduce.runner import child_command, median_epoch_seconds  # noqa: E402
-from momok_pyg.training.checkpoint import atomic_write_json  # noqa: E402
 
 MODES = ("alone", "side_by_side")
 
@@ -170,11 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "env": environment(torch.device("cpu")), "load_average_before": load,
         "wall_seconds": time.perf_counter() - t0, "summary": summarise(modes),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(result, out)
-    print_table(result)
-    print(f"\nwrote {out}")
-    return result
+    return write_result(result, out, print_table)
 
 
 if __name__ == "__main__":

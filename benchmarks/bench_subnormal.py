@@ -37,10 +37,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import REPO, environment, markdown_table  # noqa: E402
+from bench_common import REPO, environment, markdown_table, write_result  # noqa: E402
 
 import momok_pyg.nn.loss as loss_module  # noqa: E402
-from momok_pyg.training.checkpoint import atomic_write_json  # noqa: E402
 
 
 def unflushed_ce_loss_and_grad_(score: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
@@ -218,11 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         result["step"] = training_steps(Path(args.run), args.steps)
     result["wall_seconds"] = time.perf_counter() - t0
     out = Path(args.out or REPO / "benchmarks" / "results" / "subnormal.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(result, out)
-    print_table(result)
-    print(f"\nwrote {out}")
-    return result
+    return write_result(result, out, print_table)
 
 
 if __name__ == "__main__":
