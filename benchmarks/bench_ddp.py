@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment, git_commit, markdown_table  # noqa: E402
+from bench_common import environment, git_commit, markdown_table, write_result  # noqa: E402
 
 from momok_pyg.reproduce.runner import median_epoch_seconds  # noqa: E402
 
@@ -102,11 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                argv if argv is not None else sys.argv[1:]),
            "commit": git_commit(), "env": environment(torch.device(args.device)),
            "settings": {k: v for k, v in vars(args).items() if k != "out"}, "results": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.out}")
-    print(markdown(res))
-    return res
+    return write_result(res, Path(args.out), lambda r: print(markdown(r)))
 
 
 if __name__ == "__main__":

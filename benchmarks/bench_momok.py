@@ -56,6 +56,7 @@ from bench_common import (  # noqa: E402
     environment,
     load_mkgy,
     matmul_gflops,
+    write_result,
 )
 from bench_workers import WORKERS  # noqa: E402
 
@@ -398,13 +399,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                                       else None)
     res["targets"] = verdicts(res, args.quick)
     res["bench_seconds"] = time.perf_counter() - t_start
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=2))
-    os.replace(tmp, out_path)
-    print_table(res)
-    print(f"\nwritten: {out_path}")
-    return res
+    return write_result(res, out_path, print_table)
 
 
 if __name__ == "__main__":
