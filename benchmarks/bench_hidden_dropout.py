@@ -16,7 +16,6 @@ ratios to ``sample_fused``, all measured in one process, interleaved round by ro
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment  # noqa: E402
+from bench_common import environment, write_result  # noqa: E402
 
 from momok_pyg.nn import gradient_noise_matmul, per_sample_dropout_matmul  # noqa: E402
 from momok_pyg.nn.kernels.grouped import relation_grouped_matmul, sort_groups  # noqa: E402
@@ -83,13 +82,15 @@ def main() -> None:
         "ratio_to_sample_fused": {k: v / med["sample_fused"] for k, v in med.items()},
         "bench_seconds": time.perf_counter() - t_start,
     }
-    print(f"hidden dropout, one modality, fwd+bwd (B={B}, d={d}, U={U}, p={args.p}; "
-          f"{torch.get_num_threads()} threads)")
-    for k in impls:
-        print(f"  {k:<14} {med[k] * 1e3:8.1f} ms   x{res['ratio_to_sample_fused'][k]:.2f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    print(f"written: {args.out}")
+
+    def print_table(r) -> None:
+        print(f"hidden dropout, one modality, fwd+bwd (B={B}, d={d}, U={U}, p={args.p}; "
+              f"{torch.get_num_threads()} threads)")
+        for k in impls:
+            print(f"  {k:<14} {r['median_seconds'][k] * 1e3:8.1f} ms   "
+                  f"x{r['ratio_to_sample_fused'][k]:.2f}")
+
+    write_result(res, Path(args.out), print_table)
 
 
 if __name__ == "__main__":

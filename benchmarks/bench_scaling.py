@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment, git_commit, markdown_table, peak_rss_mb  # noqa: E402
+from bench_common import environment, git_commit, markdown_table, peak_rss_mb, write_result  # noqa: E402
 
 MODES = ("1-N", "sampled")
 
@@ -232,19 +232,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                       f"({'out of memory' if r['out_of_memory'] else 'error'}): "
                       f"{r['error'][-200:]}", flush=True)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     res = {"command": "python benchmarks/bench_scaling.py " + " ".join(
                a for a in (argv if argv is not None else sys.argv[1:])),
            "commit": git_commit(), "env": environment(torch.device("cpu")),
            "cap_gb": args.cap_gb, "results": results,
            "one_to_n_memory_fit": memory_fit(results)}
-    out.write_text(json.dumps(res, indent=2))
+    write_result(res, out, lambda r: print(markdown(r)))
     if any(r["ok"] for r in results):
         plot(results, out.with_suffix(".png"))
-        print(f"wrote {out} and {out.with_suffix('.png')}")
+        print(f"wrote {out.with_suffix('.png')}")
     else:
-        print(f"wrote {out} (no measurement succeeded: no plot)")
-    print(markdown(res))
+        print("no measurement succeeded: no plot")
     return res
 
 

@@ -17,7 +17,6 @@ difference of every mode against the first one, judged by the criterion of
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing
 import os
@@ -31,7 +30,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 import momok_pyg
-from momok_pyg.training.checkpoint import git_commit
+from momok_pyg.training.checkpoint import atomic_write_json, git_commit
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # its checkout names the commit
 
@@ -163,8 +162,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         "runs": runs, "summary": summary,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    atomic_write_json(result, args.out)
     print(f"\n{'mode':10s} {'test MRR':>18s} {'Hits@10':>8s} {'best epoch':>11s} "
           f"{'train s':>8s}")
     for mode in args.modes:

@@ -9,7 +9,6 @@ seeds, and prints a table.
     python benchmarks/synthetic_comparison.py --seeds 0 1 2 --out results/synthetic_comparison.json
 """
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -20,7 +19,7 @@ import torch
 
 import momok_pyg
 from momok_pyg.training import TrainConfig, train
-from momok_pyg.training.checkpoint import git_commit
+from momok_pyg.training.checkpoint import atomic_write_json, git_commit
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # its checkout names the commit
 
@@ -69,8 +68,7 @@ def main(argv=None) -> dict:
         "cpu_count": os.cpu_count(), "runs": runs, "summary": summary,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    atomic_write_json(result, args.out)
     print(f"\n{'model':8s} {'test MRR':>16s} {'Hits@10':>16s} {'unseen-entity MRR':>20s}")
     for model, s in summary.items():
         print(f"{model:8s} {s['test_mrr']['mean']:.4f} ± {s['test_mrr']['std']:.4f}   "
