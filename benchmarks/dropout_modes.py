@@ -22,15 +22,20 @@ import multiprocessing
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
 
 import momok_pyg
-from momok_pyg.training.checkpoint import atomic_write_json, git_commit
+from momok_pyg.training.checkpoint import git_commit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import write_result  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # its checkout names the commit
 
@@ -161,21 +166,21 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         "cpu_count": os.cpu_count(), "device": "cpu", "wall_seconds": time.perf_counter() - t0,
         "runs": runs, "summary": summary,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    atomic_write_json(result, args.out)
-    print(f"\n{'mode':10s} {'test MRR':>18s} {'Hits@10':>8s} {'best epoch':>11s} "
-          f"{'train s':>8s}")
-    for mode in args.modes:
-        s = summary[mode]
-        print(f"{mode:10s} {s['test_mrr_mean']:.4f} ± {s['test_mrr_std']:.4f}   "
-              f"{s['test_hits@10_mean']:.4f} {s['best_epoch_mean']:11.1f} "
-              f"{s['train_seconds_mean']:8.0f}")
-    for key, s in summary.items():
-        if "_minus_" in key:
-            print(f"{key}: {s['test_mrr_diff_mean']:+.4f} (noise {s['seed_noise_std']:.4f}, "
-                  f"s.e. {s['diff_std_error']:.4f}) -> within noise: {s['within_noise']}")
-    print(f"wrote {args.out}")
-    return result
+
+    def print_table(r: Dict[str, Any]) -> None:
+        print(f"\n{'mode':10s} {'test MRR':>18s} {'Hits@10':>8s} {'best epoch':>11s} "
+              f"{'train s':>8s}")
+        for mode in args.modes:
+            s = r["summary"][mode]
+            print(f"{mode:10s} {s['test_mrr_mean']:.4f} ± {s['test_mrr_std']:.4f}   "
+                  f"{s['test_hits@10_mean']:.4f} {s['best_epoch_mean']:11.1f} "
+                  f"{s['train_seconds_mean']:8.0f}")
+        for key, s in r["summary"].items():
+            if "_minus_" in key:
+                print(f"{key}: {s['test_mrr_diff_mean']:+.4f} (noise {s['seed_noise_std']:.4f}, "
+                      f"s.e. {s['diff_std_error']:.4f}) -> within noise: {s['within_noise']}")
+
+    return write_result(result, Path(args.out), print_table)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,19 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 import momok_pyg
 from momok_pyg.training import TrainConfig, train
-from momok_pyg.training.checkpoint import atomic_write_json, git_commit
+from momok_pyg.training.checkpoint import git_commit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import write_result  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # its checkout names the commit
 
@@ -67,15 +72,15 @@ def main(argv=None) -> dict:
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "runs": runs, "summary": summary,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    atomic_write_json(result, args.out)
-    print(f"\n{'model':8s} {'test MRR':>16s} {'Hits@10':>16s} {'unseen-entity MRR':>20s}")
-    for model, s in summary.items():
-        print(f"{model:8s} {s['test_mrr']['mean']:.4f} ± {s['test_mrr']['std']:.4f}   "
-              f"{s['test_hits@10']['mean']:.4f} ± {s['test_hits@10']['std']:.4f}   "
-              f"{s['unseen_entity_mrr']['mean']:.4f} ± {s['unseen_entity_mrr']['std']:.4f}")
-    print(f"wrote {args.out}")
-    return result
+
+    def print_table(r: dict) -> None:
+        print(f"\n{'model':8s} {'test MRR':>16s} {'Hits@10':>16s} {'unseen-entity MRR':>20s}")
+        for model, s in r["summary"].items():
+            print(f"{model:8s} {s['test_mrr']['mean']:.4f} ± {s['test_mrr']['std']:.4f}   "
+                  f"{s['test_hits@10']['mean']:.4f} ± {s['test_hits@10']['std']:.4f}   "
+                  f"{s['unseen_entity_mrr']['mean']:.4f} ± {s['unseen_entity_mrr']['std']:.4f}")
+
+    return write_result(result, Path(args.out), print_table)
 
 
 if __name__ == "__main__":
