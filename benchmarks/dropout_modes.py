@@ -32,12 +32,9 @@ from typing import Any, Dict, List, Optional
 import torch
 
 import momok_pyg
-from momok_pyg.training.checkpoint import git_commit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import write_result  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))  # its checkout names the commit
+from bench_common import git_commit, write_result  # noqa: E402
 
 
 def _config(spec: Dict[str, Any]):
@@ -161,7 +158,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             + (["--raw-from", args.raw_from] if args.raw_from else [])
             + (["--root", args.root] if args.root else [])
             + ["--jobs", str(args.jobs), "--out", args.out]),
-        "momok_pyg_version": momok_pyg.__version__, "git_commit": git_commit(HERE),
+        "momok_pyg_version": momok_pyg.__version__, "git_commit": git_commit(),
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "device": "cpu", "wall_seconds": time.perf_counter() - t0,
         "runs": runs, "summary": summary,

@@ -21,12 +21,9 @@ import torch
 
 import momok_pyg
 from momok_pyg.training import TrainConfig, train
-from momok_pyg.training.checkpoint import git_commit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import write_result  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))  # its checkout names the commit
+from bench_common import git_commit, write_result  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -68,7 +65,7 @@ def main(argv=None) -> dict:
     result = {
         "command": "python benchmarks/synthetic_comparison.py " + " ".join(
             ["--seeds", *map(str, args.seeds), "--models", *args.models, "--out", args.out]),
-        "momok_pyg_version": momok_pyg.__version__, "git_commit": git_commit(HERE),
+        "momok_pyg_version": momok_pyg.__version__, "git_commit": git_commit(),
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "runs": runs, "summary": summary,
     }
