@@ -20,7 +20,6 @@ import argparse
 import math
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import torch
 import momok_pyg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import git_commit, write_result  # noqa: E402
+from bench_common import environment, git_commit, write_result  # noqa: E402
 
 
 def _config(spec: Dict[str, Any]):
@@ -159,8 +158,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             + (["--root", args.root] if args.root else [])
             + ["--jobs", str(args.jobs), "--out", args.out]),
         "momok_pyg_version": momok_pyg.__version__, "git_commit": git_commit(),
-        "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "device": "cpu", "wall_seconds": time.perf_counter() - t0,
+        "env": environment(torch.device("cpu")), "wall_seconds": time.perf_counter() - t0,
         "runs": runs, "summary": summary,
     }
 

@@ -10,7 +10,6 @@ seeds, and prints a table.
 """
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import momok_pyg
 from momok_pyg.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import git_commit, write_result  # noqa: E402
+from bench_common import environment, git_commit, write_result  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -66,8 +65,7 @@ def main(argv=None) -> dict:
         "command": "python benchmarks/synthetic_comparison.py " + " ".join(
             ["--seeds", *map(str, args.seeds), "--models", *args.models, "--out", args.out]),
         "momok_pyg_version": momok_pyg.__version__, "git_commit": git_commit(),
-        "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "runs": runs, "summary": summary,
+        "env": environment(torch.device("cpu")), "runs": runs, "summary": summary,
     }
 
     def print_table(r: dict) -> None:
