@@ -138,6 +138,36 @@ def test_a_run_resumed_under_new_code_records_every_commit(tmp_path, monkeypatch
     assert again["git_commits"] == ["aaaa+copy", "bbbb+copy"]
 
 
+def test_every_restart_records_its_epoch_machine_and_threads(tmp_path, monkeypatch):
+    # epoch_seconds of a run resumed at another thread count (or on another machine) can
+    # only be read with the starts: each one says from which epoch on it ran, and where
+    monkeypatch.setenv("MOMOK_PYG_COMMIT", "aaaa")
+    train(_config(device="cpu", epochs=1, threads=1), tmp_path / "r")
+    monkeypatch.setenv("MOMOK_PYG_COMMIT", "bbbb")
+    train(_config(device="cpu", epochs=3, threads=2), tmp_path / "r")
+    out = train(_config(device="cpu", epochs=4, threads=1), tmp_path / "r")
+    starts = out["starts"]
+    assert [s["after_epoch"] for s in starts] == [0, 1, 3]
+    assert [s["threads"] for s in starts] == [1, 2, 1]
+    assert [s["git_commit"] for s in starts] == ["aaaa+copy", "bbbb+copy", "bbbb+copy"]
+    assert all(s["device"] == "cpu" and s["world_size"] == 1 for s in starts)
+    assert starts[-1]["cpu_model"] == out["env"]["cpu_model"]
+    assert len(out["timing"]["epoch_seconds"]) == 4
+
+
+def test_a_checkpoint_from_before_start_tracking_keeps_its_last_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOMOK_PYG_COMMIT", "old")
+    train(_config(device="cpu", epochs=1, threads=2), tmp_path / "r")
+    ckpt = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+    del ckpt["state"]["starts"]  # as written before starts were tracked
+    torch.save(ckpt, tmp_path / "r" / "last.pt")
+    monkeypatch.setenv("MOMOK_PYG_COMMIT", "new")
+    out = train(_config(device="cpu", epochs=2, threads=1), tmp_path / "r")
+    # the earlier start comes from env_start.json; the epoch it began at is not known
+    assert [(s["after_epoch"], s["git_commit"], s["threads"]) for s in out["starts"]] == [
+        (None, "old+copy", 2), (1, "new+copy", 1)]
+
+
 def test_a_checkpoint_from_before_commit_tracking_takes_its_last_start(tmp_path, monkeypatch):
     monkeypatch.setenv("MOMOK_PYG_COMMIT", "old")
     train(_config(device="cpu", epochs=1), tmp_path / "r")

@@ -316,3 +316,20 @@ def test_epochs_of_a_run_and_of_members_trained_apart():
                  "valid_still_rising": True}}}
     assert epochs(apart) == ("structure best 170 of 200, early stop; "
                              "text best 75 of 75 (valid still rising)")
+
+
+def test_a_run_resumed_on_another_machine_lists_both(tmp_path):
+    # the JSON's env is the final process's; the starts say where the earlier epochs ran
+    root = tmp_path / "results"
+    gpu = {"after_epoch": 0, "cpu_model": "Xeon", "cpu_count": 16, "threads": 1,
+           "torch": "y", "device": "cuda:0", "gpu_name": "NVIDIA H200"}
+    cpu = {"after_epoch": 40, "cpu_model": "TestCPU", "cpu_count": 2, "threads": 1,
+           "torch": "x", "device": "cpu"}
+    _write(root, _result("table1", "w1", dict(dataset="MKG-W", model="tucker", stage="grid",
+                                              grid={"loss": "ce", "lr": 0.001}), 0.33,
+                         starts=[gpu, cpu]))
+    text = report.render(root, tmp_path / "fig")
+    assert "| cuda NVIDIA H200 + cpu |" in _row(text, "MKG-W", "loss=ce, lr=0.001")
+    assert "| cpu, cuda NVIDIA H200 |" in _row(text, "MKG-W", "TuckER (structure)")
+    machine = next(line for line in text.splitlines() if "Machine:" in line)
+    assert "Xeon, 16 CPUs" in machine and "TestCPU, 2 CPUs" in machine

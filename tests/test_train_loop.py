@@ -136,6 +136,9 @@ def test_without_joint_training_trains_one_model_per_modality_and_sums_them(tmp_
         assert result["member_epochs"][name] == {**own, "valid_still_rising": True}
         assert set(member["git_commits"]) <= set(m["git_commits"])
     assert result["commits"] == m["git_commits"]
+    # and each member's (re)start, tagged with the member: one fresh start each here
+    assert [(s["member"], s["after_epoch"]) for s in result["starts"]] == [
+        (name, 0) for name in m["members"]]
     # the ensemble has no epochs of its own: nothing at the top level to contradict members
     assert "best_epoch" not in m
     assert not {"best_epoch", "epochs_run", "stopped_early", "valid_still_rising"} & set(result)

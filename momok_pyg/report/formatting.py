@@ -38,26 +38,47 @@ def epochs(r: Dict[str, Any]) -> str:
     return f"best {r.get('best_epoch')} of {r.get('epochs_run')}{stop}{rising}"
 
 
-def device(r: Dict[str, Any]) -> str:
-    r"""``"cpu"`` or the GPU's name (``"cuda NVIDIA H200"``) a run trained on."""
-    env = r.get("env") or {}
+def _device_of(env: Dict[str, Any]) -> str:
     dev = str(env.get("device", "cpu"))
     return f"cuda {env['gpu_name']}" if dev.startswith("cuda") and env.get("gpu_name") else dev
 
 
+def device(r: Dict[str, Any]) -> str:
+    r"""``"cpu"`` or the GPU's name (``"cuda NVIDIA H200"``) a run's final process ran on."""
+    return _device_of(r.get("env") or {})
+
+
+def run_devices(r: Dict[str, Any]) -> List[str]:
+    r"""Every device a run trained on, in order of its (re)starts (``starts``), then the
+    final process's."""
+    out: List[str] = []
+    for env in [*(r.get("starts") or []), r.get("env") or {}]:
+        if _device_of(env) not in out:
+            out.append(_device_of(env))
+    return out
+
+
+def trained_on(r: Dict[str, Any]) -> str:
+    r"""The device column of a run: its devices joined by ``" + "`` (a run resumed on
+    another device trained on both)."""
+    return " + ".join(run_devices(r))
+
+
 def devices(results: Iterable[Dict[str, Any]]) -> str:
-    return ", ".join(sorted({device(r) for r in results}))
+    return ", ".join(sorted({d for r in results for d in run_devices(r)}))
 
 
 def machines(results: Iterable[Dict[str, Any]]) -> str:
+    r"""Every machine the runs trained on: each (re)start's (``starts``, a resumed run may
+    span several) and the final one's (``env``), once each."""
     seen = []
     for r in results:
-        env = r.get("env") or {}
-        m = (f"{env.get('cpu_model') or env.get('cpu')}, {env.get('cpu_count')} CPUs, "
-             f"{env.get('threads')} torch thread(s), device {env.get('device', 'cpu')}, "
-             f"torch {env.get('torch')}")
-        if m not in seen:
-            seen.append(m)
+        for env in [*(r.get("starts") or []), r.get("env") or {}]:
+            m = (f"{env.get('cpu_model') or env.get('cpu')}, {env.get('cpu_count')} CPUs, "
+                 f"{env.get('threads')} torch thread(s), device {env.get('device', 'cpu')}, "
+                 f"torch {env.get('torch')}")
+            if m not in seen:
+                seen.append(m)
     return "; ".join(seen) or "unknown"
 
 

@@ -57,7 +57,7 @@ def section_table1(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
             for r in sorted(grid, key=lambda r: json.dumps(r["meta"]["grid"], sort_keys=True)):
                 grid_rows.append([ds, ", ".join(f"{k}={v}" for k, v in sorted(
                     r["meta"]["grid"].items())), fmt.pct(selection_mrr(r)),
-                    fmt.pct(r["test"]["mrr"]), fmt.epochs(r), fmt.device(r),
+                    fmt.pct(r["test"]["mrr"]), fmt.epochs(r), fmt.trained_on(r),
                     "**selected**" if r is best else ""])
             finished = [r["meta"]["grid"] for r in grid]
             # the default grid with points still running (a custom --grid is not known here)
@@ -70,7 +70,7 @@ def section_table1(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
         for r in probes:
             grid_rows.append([ds, ", ".join(f"{k}={v}" for k, v in sorted(
                 r["meta"]["grid"].items())), fmt.pct(selection_mrr(r)),
-                fmt.pct(r["test"]["mrr"]), fmt.epochs(r), fmt.device(r),
+                fmt.pct(r["test"]["mrr"]), fmt.epochs(r), fmt.trained_on(r),
                 "fixed-budget probe, not selectable"])
         selected = [r for r in tucker if r["meta"].get("grid") == best_point]
         for label, group in (("TuckER (structure)", selected),

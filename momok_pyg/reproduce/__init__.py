@@ -38,9 +38,11 @@ experiment      runs
 
 Every run trains in a child process (``momok-pyg train --config``), so its peak RSS is its own
 (:func:`os.wait4`). The JSON holds the configuration, the commit, the machine, the epochs run,
-the wall time, the valid (and, with ``track_test``, test) curve, the test metrics of the
-best-valid checkpoint and the command that made it; :mod:`momok_pyg.report` builds
-``RESULTS.md`` tables and PNG plots from these files alone.
+every (re)start of a resumed run (``starts``: the epoch it resumed after, its commit, machine
+and thread count, so ``epoch_seconds`` can be read per machine), the wall time, the valid
+(and, with ``track_test``, test) curve, the test metrics of the best-valid checkpoint and the
+command that made it; :mod:`momok_pyg.report` builds ``RESULTS.md`` tables and PNG plots from
+these files alone.
 """
 from .plans import (
     ABLATIONS,

@@ -131,6 +131,8 @@ def summarise(spec: RunSpec, metrics: Dict[str, Any], command: str, wall: float,
         "commit": (metrics.get("env") or {}).get("git_commit"),
         # every commit the run trained under, in order (resumed runs may span several)
         "commits": metrics.get("git_commits") or [(metrics.get("env") or {}).get("git_commit")],
+        # every (re)start: the epoch it resumed after, its commit, machine and thread count
+        "starts": metrics.get("starts") or [],
         "model": metrics.get("model"),
         "max_epochs": spec.config.epochs,
         # modalities trained apart (w/o joint training) have no epochs of their own: each

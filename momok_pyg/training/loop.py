@@ -222,6 +222,20 @@ def environment(device: Optional[torch.device] = None) -> Dict[str, Any]:
     }
 
 
+_START_KEYS = ("git_commit", "cpu", "cpu_model", "cpu_count", "threads", "device", "gpu_name",
+               "torch", "world_size")
+
+
+def start_record(env: Dict[str, Any], after_epoch: Optional[int]) -> Dict[str, Any]:
+    r"""One entry of a run's ``starts``: the epoch the (re)start resumed after
+    (:obj:`after_epoch`, ``0`` for a fresh run, ``None`` when unknown) and the code, machine
+    and thread count of :obj:`env` (see :func:`environment`)."""
+    # plain str (torch.__version__ is a str subclass that weights-only loading refuses)
+    return {"after_epoch": after_epoch,
+            **{k: str(env[k]) if isinstance(env[k], str) else env[k]
+               for k in _START_KEYS if k in env}}
+
+
 def _cpu_model() -> Optional[str]:
     r"""The ``model name`` of the first processor in ``/proc/cpuinfo`` (Linux), else ``None``."""
     try:
@@ -245,8 +259,8 @@ def _read_json(path: Path) -> Optional[Dict[str, Any]]:
 
 
 def _fresh_state() -> Dict[str, Any]:
-    return {"epoch": 0, "commits": [], "best_epoch": None, "best_valid_mrr": -math.inf,
-            "best_valid": None,
+    return {"epoch": 0, "commits": [], "starts": [], "best_epoch": None,
+            "best_valid_mrr": -math.inf, "best_valid": None,
             "bad_evals": 0, "stopped_early": False, "valid_curve": [], "train_curve": [],
             "test_curve": [], "epoch_seconds": [], "eval_seconds": 0.0,
             "elapsed_seconds": 0.0}
@@ -377,6 +391,14 @@ def _fit(config: TrainConfig, out: Path, data: Optional[HeteroData], resume: boo
                                                                            "unknown")])
     if not state["commits"] or state["commits"][-1] != start_commit:
         state["commits"].append(start_commit)
+    # where every (re)start ran and from which epoch on, so that epoch_seconds can be read
+    # per machine and thread count; a checkpoint from before starts were tracked keeps only
+    # its last start, from env_start.json, with the epoch it began at unknown (None)
+    if "starts" not in state:
+        old_env = (previous_start or {}).get("env")
+        state["starts"] = ([] if ckpt is None or not old_env else
+                           [start_record(old_env, None)])
+    state["starts"].append(start_record({**start_env, "world_size": world}, state["epoch"]))
 
     from momok_pyg.evaluate import FilterIndex
     filter_index = FilterIndex.from_data(data)
@@ -514,5 +536,6 @@ def _metrics(config, state, test, per_modality, final_eval, wall, model, queries
         "env": {**environment(model_device(model)),
                 **({"git_commit": state["commits"][-1]} if state.get("commits") else {})},
         "git_commits": list(state.get("commits") or []),
+        "starts": list(state.get("starts") or []),
         "peak_gpu_memory_mb": peak_memory_mb(model_device(model)),
     }

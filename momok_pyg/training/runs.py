@@ -145,6 +145,9 @@ def _train_ensemble(config: TrainConfig, out: Path, data: HeteroData, resume: bo
         "git_commits": _last_places(
             [c for m in names for c in member_metrics[m].get("git_commits", [])]
             + ([env["git_commit"]] if env.get("git_commit") else [])),
+        # each member's (re)starts, tagged with the member
+        "starts": [{"member": m, **st} for m in names
+                   for st in member_metrics[m].get("starts") or []],
     }
     if main:
         atomic_write_json(metrics, out / METRICS)
