@@ -48,14 +48,15 @@ def device(r: Dict[str, Any]) -> str:
     return _device_of(r.get("env") or {})
 
 
+def _envs(r: Dict[str, Any]) -> List[Dict[str, Any]]:
+    r"""The environment of each (re)start of a run (``starts``), then the final process's
+    (``env``)."""
+    return [*(r.get("starts") or []), r.get("env") or {}]
+
+
 def run_devices(r: Dict[str, Any]) -> List[str]:
-    r"""Every device a run trained on, in order of its (re)starts (``starts``), then the
-    final process's."""
-    out: List[str] = []
-    for env in [*(r.get("starts") or []), r.get("env") or {}]:
-        if _device_of(env) not in out:
-            out.append(_device_of(env))
-    return out
+    r"""Every device a run trained on, in order of its (re)starts, once each."""
+    return list(dict.fromkeys(_device_of(env) for env in _envs(r)))
 
 
 def trained_on(r: Dict[str, Any]) -> str:
@@ -73,7 +74,7 @@ def machines(results: Iterable[Dict[str, Any]]) -> str:
     span several) and the final one's (``env``), once each."""
     seen = []
     for r in results:
-        for env in [*(r.get("starts") or []), r.get("env") or {}]:
+        for env in _envs(r):
             m = (f"{env.get('cpu_model') or env.get('cpu')}, {env.get('cpu_count')} CPUs, "
                  f"{env.get('threads')} torch thread(s), device {env.get('device', 'cpu')}, "
                  f"torch {env.get('torch')}")

@@ -363,9 +363,9 @@ def _fit(config: TrainConfig, out: Path, data: Optional[HeteroData], resume: boo
     model = build_model(config, data).to(device)
     reset_peak_memory(device)
     previous_start = _read_json(out / "env_start.json")  # the last (re)start's record
-    start_env = environment(device)
+    start_env = {**environment(device), "world_size": world}
     if main:  # the code and the model's effective settings (defaults included) at start
-        atomic_write_json({"env": {**start_env, "world_size": world},
+        atomic_write_json({"env": start_env,
                            "model": repr(model)}, out / "env_start.json")
     _check_modalities(model, config.eval_modalities if member is None else None)
     # under DDP an optimizer step inside backward would run before the gradient is averaged
@@ -398,7 +398,7 @@ def _fit(config: TrainConfig, out: Path, data: Optional[HeteroData], resume: boo
         old_env = (previous_start or {}).get("env")
         state["starts"] = ([] if ckpt is None or not old_env else
                            [start_record(old_env, None)])
-    state["starts"].append(start_record({**start_env, "world_size": world}, state["epoch"]))
+    state["starts"].append(start_record(start_env, state["epoch"]))
 
     from momok_pyg.evaluate import FilterIndex
     filter_index = FilterIndex.from_data(data)
