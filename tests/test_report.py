@@ -333,3 +333,17 @@ def test_a_run_resumed_on_another_machine_lists_both(tmp_path):
     assert "| cpu, cuda NVIDIA H200 |" in _row(text, "MKG-W", "TuckER (structure)")
     machine = next(line for line in text.splitlines() if "Machine:" in line)
     assert "Xeon, 16 CPUs" in machine and "TestCPU, 2 CPUs" in machine
+
+
+def test_every_command_that_trained_a_run_is_listed(tmp_path):
+    # a run begun by one call (2 threads) and finished by another (1 thread): both written by
+    root = tmp_path / "results"
+    first = "momok-pyg reproduce table1 --threads 2 --runs w1"
+    last = "momok-pyg reproduce table1 --threads 1 --runs w1"
+    _write(root, _result("table1", "w1", dict(dataset="MKG-W", model="tucker", stage="grid",
+                                              grid={"lr": 0.001}), 0.33, command=last,
+                         invocations=[{"command": first, "after_epoch": 0},
+                                      {"command": last, "after_epoch": 40}]))
+    lines = report.render(root, tmp_path / "fig").splitlines()
+    written = lines.index("Written by:")
+    assert lines[written + 2:written + 4] == [f"    {last}", f"    {first}"]

@@ -438,3 +438,25 @@ def test_the_recorded_command_reruns_in_a_shell(tmp_path, monkeypatch):
                      "--results-dir", str(tmp_path)]) == 0
     assert seen["cmd"] == ("momok-pyg reproduce table1 --runs 'tucker-*' 'a b' --results-dir "
                            + str(tmp_path))
+
+
+def test_every_call_that_resumed_a_run_is_recorded(tmp_path):
+    import dataclasses
+
+    from momok_pyg.reproduce.runner import INVOCATIONS, record_invocation
+    opts = _opts(tmp_path, seeds=[0], grid=[{"lr": 0.02}], max_epochs=4)
+    spec = R.plan("table1", opts)[0]
+    run_dir = tmp_path / "runs" / "table1" / spec.name
+    run_dir.mkdir(parents=True)
+    # a list left from an earlier run in this folder is dropped by a fresh start ...
+    (run_dir / INVOCATIONS).write_text(json.dumps([{"command": "stale", "after_epoch": 9}]))
+    assert [i["command"] for i in record_invocation(run_dir, "first")] == ["first"]
+    # ... which trains 3 of 4 epochs and is killed; a later call resumes and finishes it
+    train(dataclasses.replace(spec.config, epochs=3), run_dir, log=_quiet)
+    assert R.run_experiment("table1", opts, command="second", log=_quiet) == 1
+    r = R.load_results(opts.results_dir, "table1")[spec.name]
+    assert r["command"] == "second" and r["epochs_run"] == 4
+    assert [(i["command"], i["after_epoch"]) for i in r["invocations"]] == [
+        ("first", 0), ("second", 3)]
+    assert [s["after_epoch"] for s in r["starts"]] == [0, 3]
+    assert json.loads((run_dir / INVOCATIONS).read_text()) == r["invocations"]

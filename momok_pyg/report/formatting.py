@@ -84,8 +84,11 @@ def machines(results: Iterable[Dict[str, Any]]) -> str:
 
 
 def provenance(results: Sequence[Dict[str, Any]]) -> List[str]:
-    # a reused result keeps the command that trained it; the copying command is listed too
+    # every call that trained a run (a resumed run may have had several); a reused result
+    # keeps the commands that trained it, and the copying command is listed too
     commands = sorted({r.get("command") or "?" for r in results} |
+                      {i["command"] for r in results for i in r.get("invocations") or []
+                       if i.get("command")} |
                       {r["reused"]["command"] for r in results
                        if (r.get("reused") or {}).get("command")})
     # every commit a run trained under (a resumed run may span several)

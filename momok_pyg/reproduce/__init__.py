@@ -40,9 +40,10 @@ Every run trains in a child process (``momok-pyg train --config``), so its peak 
 (:func:`os.wait4`). The JSON holds the configuration, the commit, the machine, the epochs run,
 every (re)start of a resumed run (``starts``: the epoch it resumed after, its commit, machine
 and thread count, so ``epoch_seconds`` can be read per machine), the wall time, the valid
-(and, with ``track_test``, test) curve, the test metrics of the best-valid checkpoint and the
-command that made it; :mod:`momok_pyg.report` builds ``RESULTS.md`` tables and PNG plots from
-these files alone.
+(and, with ``track_test``, test) curve, the test metrics of the best-valid checkpoint, the
+command that finished it and every command that (re)started it (``invocations``, with the
+epoch each resumed after; kept in the run directory's ``invocations.json``);
+:mod:`momok_pyg.report` builds ``RESULTS.md`` tables and PNG plots from these files alone.
 """
 from .plans import (
     ABLATIONS,

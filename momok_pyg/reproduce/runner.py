@@ -112,8 +112,11 @@ def _epoch_fields(metrics: Dict[str, Any], valid_curve: List[Dict[str, Any]]
 
 
 def summarise(spec: RunSpec, metrics: Dict[str, Any], command: str, wall: float,
-              peak_rss_mb: Optional[float]) -> Dict[str, Any]:
-    r"""The result JSON of a finished training run (what :mod:`momok_pyg.report` reads)."""
+              peak_rss_mb: Optional[float],
+              invocations: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+    r"""The result JSON of a finished training run (what :mod:`momok_pyg.report` reads).
+    :obj:`command` is the call that finished it; :obj:`invocations` every recorded call that
+    trained it (see :func:`record_invocation`)."""
     test = metrics["test"]
     keep = ("mrr", "mr", "hits@1", "hits@3", "hits@10", "count")
     valid_curve = metrics.get("valid_curve") or []
@@ -133,6 +136,8 @@ def summarise(spec: RunSpec, metrics: Dict[str, Any], command: str, wall: float,
         "commits": metrics.get("git_commits") or [(metrics.get("env") or {}).get("git_commit")],
         # every (re)start: the epoch it resumed after, its commit, machine and thread count
         "starts": metrics.get("starts") or [],
+        # every `momok-pyg reproduce` call that (re)started it, with the epoch it resumed after
+        "invocations": invocations or [{"command": command, "after_epoch": None}],
         "model": metrics.get("model"),
         "max_epochs": spec.config.epochs,
         # modalities trained apart (w/o joint training) have no epochs of their own: each
@@ -307,8 +312,29 @@ def _run_one(spec: RunSpec, run_dir: Path, opts: Options, command: str,
                 "command": command, "config": spec.config.to_dict(),
                 "commit": out["env"].get("git_commit"),
                 "env": out.pop("env"), "wall_seconds": time.perf_counter() - t0, **out}
+    invocations = record_invocation(run_dir, command)
     metrics, wall, rss = run_training(spec, run_dir, run_dir / "train.log", lock)
-    return summarise(spec, metrics, command, wall, rss)
+    return summarise(spec, metrics, command, wall, rss, invocations)
+
+
+INVOCATIONS = "invocations.json"
+
+
+def record_invocation(run_dir: Path, command: str) -> List[Dict[str, Any]]:
+    r"""Appends :obj:`command` to the ``invocations.json`` of :obj:`run_dir` with the epoch
+    of the run's ``progress.json`` it resumes after (``0``: nothing trained yet, and then the
+    list starts afresh) and the UTC time, and returns the list, so that a run resumed by
+    several commands (another session, another thread count) names them all."""
+    path = run_dir / INVOCATIONS
+    after = (read_progress(run_dir) or {}).get("epoch") or 0
+    try:
+        earlier = json.loads(path.read_text()) if after else []
+    except (OSError, ValueError):
+        earlier = []
+    entries = [*earlier, {"command": command, "after_epoch": after,
+                          "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
+    atomic_write_json(entries, path)
+    return entries
 
 
 def status(experiment: str, opts: Options) -> List[Dict[str, Any]]:
