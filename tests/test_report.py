@@ -252,6 +252,12 @@ def test_cost_ratio_only_between_runs_on_one_device(tmp_path):
     assert "| 4.2× |" in _row(text, "DB15K", "momok")  # 17.0 / 4.0, both on the H200
     assert "| 2.5 | — |" in _row(text, "MKG-Y", "momok")  # its TuckER ran on the CPU
     assert "| 4.0 | — |" in _row(text, "DB15K", "tucker")
+    # the same pair measured again on the CPU (planned as `momok-MKG-Y-cpu`): a ratio there
+    _write(root, _result("cost", "momok-MKG-Y-cpu", dict(dataset="MKG-Y", model="momok"), 0.1,
+                         epoch_seconds_median=33.0))
+    text = report.render(root, tmp_path / "fig")
+    assert "| 3.0× |" in _row(text, "MKG-Y", "momok", "cpu")  # 33.0 / 11.0
+    assert "| 2.5 | — |" in _row(text, "MKG-Y", "momok", "cuda NVIDIA H200")
 
 
 def test_seed_noise_of_the_full_configuration_is_read_from_its_other_seeds(tmp_path):

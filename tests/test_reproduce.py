@@ -1,6 +1,7 @@
 """``momok-pyg reproduce``: run plans (grid -> seeds on valid), result JSON, resumption and
 locks, on the synthetic MMKG; the new TrainConfig switches (lr decay, selection on the valid
 triples not in train, test tracking, transforms)."""
+import dataclasses
 import json
 import os
 import signal
@@ -460,3 +461,22 @@ def test_every_call_that_resumed_a_run_is_recorded(tmp_path):
         ("first", 0), ("second", 3)]
     assert [s["after_epoch"] for s in r["starts"]] == [0, 3]
     assert json.loads((run_dir / INVOCATIONS).read_text()) == r["invocations"]
+
+
+def test_a_cost_pair_finished_on_another_device_is_measured_again_under_its_own_name(
+        tmp_path):
+    opts = _opts(tmp_path, datasets=["MKG-Y"], models=["tucker", "momok"], device="cpu",
+                 extra={})
+    names = lambda: [s.name for s in R.plan("cost", opts)]  # noqa: E731
+    assert names() == ["tucker-MKG-Y", "momok-MKG-Y"]
+    for name, device in (("tucker-MKG-Y", "cpu"), ("momok-MKG-Y", "cuda:0")):
+        path = tmp_path / "results" / "cost" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"experiment": "cost", "name": name, "meta": {},
+                                    "env": {"device": device}}))
+    # TuckER's CPU run is done; MoMoK's finished on CUDA, so the CPU pair needs its own run
+    assert names() == ["tucker-MKG-Y", "momok-MKG-Y-cpu"]
+    assert [s.name for s in R.plan("cost", dataclasses.replace(opts, device="cuda:1"))] == [
+        "tucker-MKG-Y-cuda", "momok-MKG-Y"]
+    assert {r["name"]: r["state"] for r in R.status("cost", opts)} == {
+        "tucker-MKG-Y": "done", "momok-MKG-Y-cpu": "pending"}

@@ -358,9 +358,10 @@ PAPER_ITEMS = {
 def section_status(results_dir: PathLike, everything: AllResults,
                    shown: int = 4) -> List[str]:
     r"""How far each experiment is: its runs as :func:`momok_pyg.reproduce.plan` knows them
-    now (default options: every benchmark, seeds 0-2) against the result files present."""
+    now (default options on a CPU: every benchmark, seeds 0-2; the report does not depend on
+    the machine that writes it) against the result files present."""
     from momok_pyg.reproduce import EXPERIMENTS, Options, plan
-    opts = Options(results_dir=str(results_dir))
+    opts = Options(results_dir=str(results_dir), device="cpu")
     rows = []
     for exp in EXPERIMENTS:
         names = [spec.name for spec in plan(exp, opts)]
@@ -372,6 +373,7 @@ def section_status(results_dir: PathLike, everything: AllResults,
                      ", ".join(f"`{n}`" for n in pending[:shown]) + more or "—"])
     return (["### Status: finished runs of each experiment", "",
              "Runs planned by `momok-pyg reproduce <experiment>` with its default options "
+             "on a CPU "
              "(dependent runs, e.g. the TuckER seeds of a dataset whose grid is unfinished, "
              "appear once they can be planned) and how many have a result file. Every "
              "pending run is continued by the experiment's command.", ""]

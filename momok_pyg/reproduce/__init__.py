@@ -24,7 +24,9 @@ experiment      runs
                 ratios, MoMoK vs TuckER
 ``gates``       paper Fig. 5 / Table 4 on MKG-Y: per-relation modality and expert weights of a
                 trained MoMoK (:mod:`momok_pyg.interpret`)
-``cost``        paper Table 3: seconds per epoch and peak RSS of MoMoK and TuckER per benchmark
+``cost``        paper Table 3: seconds per epoch and peak RSS of MoMoK and TuckER per benchmark,
+                per kind of device (a pair finished on the other kind is measured again
+                under ``<model>-<dataset>-cpu`` / ``-cuda``)
 ``unseen``      beyond the paper: test triples with an entity unseen in training, fine-tuned vs
                 fixed feature tables
 ``baselines``   paper Table 1's uni-modal baselines: PyG's TransE, DistMult, ComplEx, RotatE

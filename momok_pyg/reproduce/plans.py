@@ -342,9 +342,22 @@ def gates(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
     return specs
 
 
+def device_kind(device: str) -> str:
+    r"""``"cpu"`` or ``"cuda"`` for a device string (``"auto"``: CUDA when available)."""
+    if device == "auto":
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device).split(":")[0]
+
+
 def cost(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
     r"""``cost_epochs`` epochs of each model on each benchmark (no early stop, one valid
-    evaluation at the end), for seconds per epoch and peak RSS."""
+    evaluation at the end), for seconds per epoch and peak RSS.
+
+    A run is named ``<model>-<dataset>``; when that run is finished on another kind of device
+    (CPU / CUDA) than ``opts.device``, the run on this device is ``<model>-<dataset>-<kind>``,
+    so that each device can measure every pair and the earlier file stays."""
+    kind = device_kind(opts.device)
     specs = []
     for ds in _datasets(opts, BENCHMARKS):
         for model in opts.models:
@@ -353,7 +366,11 @@ def cost(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
             cfg = _config(ds, opts, **base, seed=0)
             cfg = dataclasses.replace(cfg, epochs=opts.cost_epochs, eval_every=opts.cost_epochs,
                                       patience=0, track_test=False)
-            specs.append(RunSpec("cost", f"{model}-{ds}", cfg, dict(
+            name = f"{model}-{ds}"
+            prior = (done.get(name) or {}).get("env") or {}
+            if name in done and device_kind(prior.get("device", "cpu")) != kind:
+                name = f"{name}-{kind}"
+            specs.append(RunSpec("cost", name, cfg, dict(
                 dataset=ds, model=model, features=cfg.features)))
     return specs
 
