@@ -256,8 +256,14 @@ def test_cost_ratio_only_between_runs_on_one_device(tmp_path):
     _write(root, _result("cost", "momok-MKG-Y-cpu", dict(dataset="MKG-Y", model="momok"), 0.1,
                          epoch_seconds_median=33.0))
     text = report.render(root, tmp_path / "fig")
-    assert "| 3.0× |" in _row(text, "MKG-Y", "momok", "cpu")  # 33.0 / 11.0
+    assert "| 3.0× |" in _row(text, "MKG-Y", "momok", "cpu (TestCPU)")  # 33.0 / 11.0
     assert "| 2.5 | — |" in _row(text, "MKG-Y", "momok", "cuda NVIDIA H200")
+    # CPU timings pair only within one CPU model
+    epyc = {"cpu_model": "AMD EPYC", "cpu_count": 2, "threads": 2, "torch": "x", "device": "cpu"}
+    _write(root, _result("cost", "momok-MKG-Y-cpu", dict(dataset="MKG-Y", model="momok"), 0.1,
+                         epoch_seconds_median=33.0, env=epyc))
+    text = report.render(root, tmp_path / "fig")
+    assert "| 33.0 | — |" in _row(text, "MKG-Y", "momok", "cpu (AMD EPYC)")
 
 
 def test_seed_noise_of_the_full_configuration_is_read_from_its_other_seeds(tmp_path):

@@ -48,6 +48,15 @@ def device(r: Dict[str, Any]) -> str:
     return _device_of(r.get("env") or {})
 
 
+def machine(r: Dict[str, Any]) -> str:
+    r"""The device a run's final process ran on, with the CPU model on a CPU
+    (``"cpu (AMD EPYC)"``): CPU timings compare only within one CPU model."""
+    env = r.get("env") or {}
+    dev = _device_of(env)
+    model = env.get("cpu_model") or env.get("cpu")
+    return f"{dev} ({model})" if dev == "cpu" and model else dev
+
+
 def _envs(r: Dict[str, Any]) -> List[Dict[str, Any]]:
     r"""The environment of each (re)start of a run (``starts``), then the final process's
     (``env``)."""

@@ -243,24 +243,26 @@ def section_gates(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
 def section_cost(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
                  everything: Optional[AllResults] = None) -> List[str]:
     out = ["### Table 3: cost per epoch", ""]
-    # TuckER's seconds per epoch on the same dataset and device: the ratio's denominator
-    tucker = {(r["meta"]["dataset"], fmt.device(r)): r.get("epoch_seconds_median")
+    # TuckER's seconds per epoch on the same dataset and machine (GPU, or CPU model): the
+    # ratio's denominator
+    tucker = {(r["meta"]["dataset"], fmt.machine(r)): r.get("epoch_seconds_median")
               for r in results if r["meta"]["model"] == "tucker"}
     rows = []
-    for r in sorted(results, key=lambda r: (fmt.device(r), r["meta"]["dataset"],
+    for r in sorted(results, key=lambda r: (fmt.machine(r), r["meta"]["dataset"],
                                             r["meta"]["model"])):
         gpu = r.get("peak_gpu_memory_mb")
-        sec, ref = r.get("epoch_seconds_median"), tucker.get((r["meta"]["dataset"], fmt.device(r)))
+        sec = r.get("epoch_seconds_median")
+        ref = tucker.get((r["meta"]["dataset"], fmt.machine(r)))
         ratio = f"{sec / ref:.1f}×" if sec and ref and r["meta"]["model"] != "tucker" else "—"
         rows.append([r["meta"]["dataset"], r["meta"]["model"], r["meta"].get("features") or "—",
-                     fmt.device(r), f"{sec:.1f}" if sec else "—", ratio,
+                     fmt.machine(r), f"{sec:.1f}" if sec else "—", ratio,
                      f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "—",
                      f"{gpu:.0f}" if gpu else "—", r.get("num_parameters")])
     out += ["Seconds per training epoch (median of the epochs after the first, which "
             "includes compilation), peak RSS of the training process and, on a GPU, the peak "
             "memory torch's allocator handed out. One run at a time on the machine. "
-            "*× TuckER*: seconds per epoch over TuckER's on the same dataset and device "
-            "(— where that pair was not measured on one device).", ""]
+            "*× TuckER*: seconds per epoch over TuckER's on the same dataset and machine (the "
+            "same GPU, or the same CPU model; — where that pair was not measured on one).", ""]
     out += fmt.table(["dataset", "model", "features", "device", "s / epoch", "× TuckER",
                       "peak RSS (MB)", "peak GPU memory (MB)", "parameters"], rows)
     return out + [""] + fmt.provenance(results)

@@ -356,7 +356,8 @@ def cost(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
 
     A run is named ``<model>-<dataset>``; when that run is finished on another kind of device
     (CPU / CUDA) than ``opts.device``, the run on this device is ``<model>-<dataset>-<kind>``,
-    so that each device can measure every pair and the earlier file stays."""
+    so that each device can measure every pair and the earlier file stays. (Another CPU model
+    is not told apart here; the report pairs CPU timings only within one CPU model.)"""
     kind = device_kind(opts.device)
     specs = []
     for ds in _datasets(opts, BENCHMARKS):
