@@ -179,8 +179,6 @@ def test_status_reports_how_far_an_unfinished_run_is(tmp_path):
     run_dir = tmp_path / "runs" / "table1" / spec.name
     assert R.status("table1", opts)[0] == {"name": spec.name, "state": "pending"}
     # an interrupted run: the loop stops after epoch 3 of 4 (as if killed there)
-    import dataclasses
-
     m = train(dataclasses.replace(spec.config, epochs=3), run_dir, log=_quiet)
     (run_dir / "progress.json").write_text(json.dumps({
         **json.loads((run_dir / "progress.json").read_text()), "epochs": 4}))
@@ -442,8 +440,6 @@ def test_the_recorded_command_reruns_in_a_shell(tmp_path, monkeypatch):
 
 
 def test_every_call_that_resumed_a_run_is_recorded(tmp_path):
-    import dataclasses
-
     from momok_pyg.reproduce.runner import INVOCATIONS, record_invocation
     opts = _opts(tmp_path, seeds=[0], grid=[{"lr": 0.02}], max_epochs=4)
     spec = R.plan("table1", opts)[0]

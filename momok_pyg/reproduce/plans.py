@@ -343,11 +343,13 @@ def gates(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
 
 
 def device_kind(device: str) -> str:
-    r"""``"cpu"`` or ``"cuda"`` for a device string (``"auto"``: CUDA when available)."""
-    if device == "auto":
-        import torch
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device).split(":")[0]
+    r"""``"cpu"`` or ``"cuda"`` for a device string (``"auto"`` as
+    :func:`~momok_pyg.training.device.resolve_device` resolves it; a CUDA device is named, not
+    opened, so a CPU machine can plan a GPU's runs)."""
+    import torch
+
+    from momok_pyg.training.device import resolve_device
+    return (resolve_device("auto") if device == "auto" else torch.device(device)).type
 
 
 def cost(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
