@@ -459,20 +459,38 @@ def test_every_call_that_resumed_a_run_is_recorded(tmp_path):
     assert json.loads((run_dir / INVOCATIONS).read_text()) == r["invocations"]
 
 
-def test_a_cost_pair_finished_on_another_device_is_measured_again_under_its_own_name(
+def test_a_cost_pair_finished_on_another_machine_is_measured_again_under_its_own_name(
         tmp_path):
     opts = _opts(tmp_path, datasets=["MKG-Y"], models=["tucker", "momok"], device="cpu",
-                 extra={})
-    names = lambda: [s.name for s in R.plan("cost", opts)]  # noqa: E731
-    assert names() == ["tucker-MKG-Y", "momok-MKG-Y"]
-    for name, device in (("tucker-MKG-Y", "cpu"), ("momok-MKG-Y", "cuda:0")):
+                 cpu_model="Intel Xeon", extra={})
+    names = lambda o=opts: [s.name for s in R.plan("cost", o)]  # noqa: E731
+
+    def finish(name, device, cpu_model):
         path = tmp_path / "results" / "cost" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"experiment": "cost", "name": name, "meta": {},
-                                    "env": {"device": device}}))
+                                    "env": {"device": device, "cpu_model": cpu_model}}))
+
+    assert names() == ["tucker-MKG-Y", "momok-MKG-Y"]
+    finish("tucker-MKG-Y", "cpu", "Intel Xeon")
+    finish("momok-MKG-Y", "cuda:0", "Intel Xeon")
     # TuckER's CPU run is done; MoMoK's finished on CUDA, so the CPU pair needs its own run
     assert names() == ["tucker-MKG-Y", "momok-MKG-Y-cpu"]
-    assert [s.name for s in R.plan("cost", dataclasses.replace(opts, device="cuda:1"))] == [
+    assert names(dataclasses.replace(opts, device="cuda:1")) == [
         "tucker-MKG-Y-cuda", "momok-MKG-Y"]
     assert {r["name"]: r["state"] for r in R.status("cost", opts)} == {
         "tucker-MKG-Y": "done", "momok-MKG-Y-cpu": "pending"}
+    # another CPU model measures both again, under the next free name
+    epyc = dataclasses.replace(opts, cpu_model="AMD EPYC 7763")
+    assert names(epyc) == ["tucker-MKG-Y-cpu", "momok-MKG-Y-cpu"]
+    finish("tucker-MKG-Y-cpu", "cpu", "AMD EPYC 7763")
+    finish("momok-MKG-Y-cpu", "cpu", "AMD EPYC 7763")
+    assert names(epyc) == ["tucker-MKG-Y-cpu", "momok-MKG-Y-cpu"]  # both done there
+    assert {r["state"] for r in R.status("cost", epyc)} == {"done"}
+    # the Xeon's MoMoK pair is still to measure; a third CPU model gets its own names
+    assert names() == ["tucker-MKG-Y", "momok-MKG-Y-cpu-intel-xeon"]
+    assert names(dataclasses.replace(opts, cpu_model="Ampere Altra")) == [
+        "tucker-MKG-Y-cpu-ampere-altra", "momok-MKG-Y-cpu-ampere-altra"]
+    # without a CPU model (the report's status) any CPU run counts
+    assert names(dataclasses.replace(opts, cpu_model=None)) == [
+        "tucker-MKG-Y", "momok-MKG-Y-cpu"]

@@ -360,10 +360,10 @@ PAPER_ITEMS = {
 def section_status(results_dir: PathLike, everything: AllResults,
                    shown: int = 4) -> List[str]:
     r"""How far each experiment is: its runs as :func:`momok_pyg.reproduce.plan` knows them
-    now (default options on a CPU: every benchmark, seeds 0-2; the report does not depend on
-    the machine that writes it) against the result files present."""
+    now (default options on a CPU, any CPU model: every benchmark, seeds 0-2; the report does
+    not depend on the machine that writes it) against the result files present."""
     from momok_pyg.reproduce import EXPERIMENTS, Options, plan
-    opts = Options(results_dir=str(results_dir), device="cpu")
+    opts = Options(results_dir=str(results_dir), device="cpu", cpu_model=None)
     rows = []
     for exp in EXPERIMENTS:
         names = [spec.name for spec in plan(exp, opts)]

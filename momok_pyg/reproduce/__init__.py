@@ -25,8 +25,9 @@ experiment      runs
 ``gates``       paper Fig. 5 / Table 4 on MKG-Y: per-relation modality and expert weights of a
                 trained MoMoK (:mod:`momok_pyg.interpret`)
 ``cost``        paper Table 3: seconds per epoch and peak RSS of MoMoK and TuckER per benchmark,
-                per kind of device (a pair finished on the other kind is measured again
-                under ``<model>-<dataset>-cpu`` / ``-cuda``)
+                per machine (a pair finished on another kind of device or CPU model is
+                measured again under ``<model>-<dataset>-cpu`` / ``-cuda``, then
+                ``-cpu-<CPU model>``)
 ``unseen``      beyond the paper: test triples with an entity unseen in training, fine-tuned vs
                 fixed feature tables
 ``baselines``   paper Table 1's uni-modal baselines: PyG's TransE, DistMult, ComplEx, RotatE

@@ -7,6 +7,7 @@ import dataclasses
 import fnmatch
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
@@ -87,6 +88,10 @@ class Options:
     features: Optional[str] = None  #: default: "official" if present, else "names"
     ratios: Sequence[float] = ROBUSTNESS_RATIOS
     cost_epochs: int = 2
+    #: the CPU model a CPU cost run is planned for: ``"auto"`` reads this machine's
+    #: (:func:`~momok_pyg.training.device.cpu_model`); ``None`` does not tell CPU models
+    #: apart (the report's status table, which must not depend on the machine writing it)
+    cpu_model: Optional[str] = "auto"
     extra: Dict[str, Any] = field(default_factory=dict)  #: TrainConfig overrides for all runs
 
 
@@ -352,15 +357,32 @@ def device_kind(device: str) -> str:
     return (resolve_device("auto") if device == "auto" else torch.device(device)).type
 
 
+def _machine_slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
 def cost(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
     r"""``cost_epochs`` epochs of each model on each benchmark (no early stop, one valid
     evaluation at the end), for seconds per epoch and peak RSS.
 
-    A run is named ``<model>-<dataset>``; when that run is finished on another kind of device
-    (CPU / CUDA) than ``opts.device``, the run on this device is ``<model>-<dataset>-<kind>``,
-    so that each device can measure every pair and the earlier file stays. (Another CPU model
-    is not told apart here; the report pairs CPU timings only within one CPU model.)"""
+    Timings compare only on one machine: the same kind of device (CPU / CUDA) and, on a CPU,
+    the same CPU model (``opts.cpu_model``; a GPU is not opened to plan, so GPUs are told
+    apart by kind only). A pair is named ``<model>-<dataset>``; when that name is finished on
+    another machine, the run here is ``<model>-<dataset>-<kind>``, and when that one is too,
+    ``<model>-<dataset>-cpu-<CPU model>``. A name finished on this machine is done, and the
+    earlier files stay."""
+    from momok_pyg.training.device import cpu_model
     kind = device_kind(opts.device)
+    here = None
+    if kind == "cpu":
+        here = cpu_model() if opts.cpu_model == "auto" else opts.cpu_model
+
+    def measured_here(name: str) -> bool:
+        env = (done.get(name) or {}).get("env") or {}
+        if device_kind(str(env.get("device", "cpu"))) != kind:
+            return False
+        return here is None or (env.get("cpu_model") or env.get("cpu")) == here
+
     specs = []
     for ds in _datasets(opts, BENCHMARKS):
         for model in opts.models:
@@ -369,10 +391,11 @@ def cost(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
             cfg = _config(ds, opts, **base, seed=0)
             cfg = dataclasses.replace(cfg, epochs=opts.cost_epochs, eval_every=opts.cost_epochs,
                                       patience=0, track_test=False)
-            name = f"{model}-{ds}"
-            prior = (done.get(name) or {}).get("env") or {}
-            if name in done and device_kind(prior.get("device", "cpu")) != kind:
-                name = f"{name}-{kind}"
+            names = [f"{model}-{ds}", f"{model}-{ds}-{kind}"]
+            if here is not None:
+                names.append(f"{model}-{ds}-{kind}-{_machine_slug(here)}")
+            name = next((n for n in names if n in done and measured_here(n)), None) or next(
+                (n for n in names if n not in done), names[-1])
             specs.append(RunSpec("cost", name, cfg, dict(
                 dataset=ds, model=model, features=cfg.features)))
     return specs

@@ -45,7 +45,14 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import SYNTHETIC, TrainConfig
-from .device import device_info, model_device, peak_memory_mb, reset_peak_memory, resolve_device
+from .device import (
+    cpu_model,
+    device_info,
+    model_device,
+    peak_memory_mb,
+    reset_peak_memory,
+    resolve_device,
+)
 from .step import build_optimizers, train_epoch
 
 if TYPE_CHECKING:
@@ -216,7 +223,7 @@ def environment(device: Optional[torch.device] = None) -> Dict[str, Any]:
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         **device_info(device if device is not None else torch.device("cpu")),
     }
@@ -234,18 +241,6 @@ def start_record(env: Dict[str, Any], after_epoch: Optional[int]) -> Dict[str, A
     return {"after_epoch": after_epoch,
             **{k: str(env[k]) if isinstance(env[k], str) else env[k]
                for k in _START_KEYS if k in env}}
-
-
-def _cpu_model() -> Optional[str]:
-    r"""The ``model name`` of the first processor in ``/proc/cpuinfo`` (Linux), else ``None``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
