@@ -239,7 +239,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from momok_pyg.training import evaluate_run
     out = evaluate_run(args.run, split=args.split, modalities=args.modalities,
-                       breakdowns=args.breakdowns, which=args.checkpoint, progress=True)
+                       breakdowns=args.breakdowns, which=args.checkpoint, progress=True,
+                       filter_splits=args.filter, tie=args.tie)
     text = json.dumps(out, indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")
@@ -314,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--modalities", nargs="+", default=None,
                    help="score with these modalities only (default: the run's)")
     e.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    e.add_argument("--filter", nargs="*", choices=("train", "valid", "test"),
+                   default=["train", "valid", "test"],
+                   help="splits whose triples are removed from the candidates (default: all; "
+                        "none given: raw ranks)")
+    e.add_argument("--tie", choices=("realistic", "optimistic", "pessimistic"), default=None,
+                   help="rank of a target tied with other candidates (default: the run's)")
     e.add_argument("--no-breakdowns", dest="breakdowns", action="store_false")
     e.add_argument("--output", default=None, help="also write the JSON here")
     e.set_defaults(func=_cmd_evaluate)

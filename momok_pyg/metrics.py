@@ -77,9 +77,12 @@ class FilterIndex:
     @classmethod
     def from_data(cls, data: HeteroData, splits: Sequence[str] = ("train", "valid", "test")
                   ) -> "FilterIndex":
-        r"""Filter of all triples of :obj:`splits` of an MMKG :class:`HeteroData`."""
+        r"""Filter of all triples of :obj:`splits` of an MMKG :class:`HeteroData`; with no
+        split (``splits=()``) no answer is known, so the ranks are the *raw* ones (every other
+        entity competes with the target)."""
         from momok_pyg.datasets.schema import ENTITY, get_triples
-        triples = torch.cat([get_triples(data, s) for s in splits], dim=0)
+        triples = (torch.cat([get_triples(data, s) for s in splits], dim=0) if splits else
+                   torch.empty(0, 3, dtype=torch.long))
         return cls(triples, data[ENTITY].num_nodes, data.num_relations)
 
     @property

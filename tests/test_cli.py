@@ -32,6 +32,14 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
     assert main(["evaluate", "--run", str(run), "--modalities", "image", "--no-breakdowns",
                  "--output", str(tmp_path / "img.json")]) == 0
     assert json.loads((tmp_path / "img.json").read_text()) == metrics["per_modality"]["image"]
+    # other protocols: raw ranks (no filter) and pessimistic ties rank no target higher
+    for extra, name in ((["--filter"], "raw"), (["--tie", "pessimistic"], "pess"),
+                        (["--filter", "train"], "train")):
+        assert main(["evaluate", "--run", str(run), "--no-breakdowns", *extra,
+                     "--output", str(tmp_path / f"{name}.json")]) == 0
+    other = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in ("raw", "pess", "train")}
+    assert other["raw"]["mr"] > other["train"]["mr"] >= metrics["test"]["mr"]
+    assert other["pess"]["mr"] >= metrics["test"]["mr"]
 
     capsys.readouterr()
     assert main(["predict", "--run", str(run), "--head", "0", "--relation", "1", "-k", "5",

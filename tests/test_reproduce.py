@@ -494,3 +494,45 @@ def test_a_cost_pair_finished_on_another_machine_is_measured_again_under_its_own
     # without a CPU model (the report's status) any CPU run counts
     assert names(dataclasses.replace(opts, cpu_model=None)) == [
         "tucker-MKG-Y", "momok-MKG-Y-cpu"]
+
+
+def test_evaluation_ranks_the_table1_checkpoints_under_other_protocols(tmp_path):
+    import shutil
+    opts = _opts(tmp_path, grid=[{"lr": 0.02}], seeds=[0])
+    assert R.plan("evaluation", opts) == []  # nothing of Table 1 finished yet
+    assert R.run_experiment("table1", opts, command="t1", log=_quiet) == 1
+    (name, t1), = R.load_results(opts.results_dir, "table1").items()
+    assert [(s.name, s.kind, s.source) for s in R.plan("evaluation", opts)] == [
+        (f"eval-{name}", "evaluation", name)]
+    own = os.path.join(opts.runs_dir, "table1", name)
+    result = os.path.join(opts.results_dir, "evaluation", f"eval-{name}.json")
+    for retrained in (False, True):
+        if retrained:  # the checkpoint is gone (another machine): trained again
+            shutil.rmtree(own)
+            os.remove(result)
+        assert R.run_experiment("evaluation", opts, command="ev", log=_quiet) == 1
+        e = R.load_results(opts.results_dir, "evaluation")[f"eval-{name}"]
+        assert e["kind"] == "evaluation" and e["command"] == "ev" and e["source"] == name
+        assert e["retrained"] == retrained == ("training" in e)
+        rows = {(tuple(p["filter"]), p["tie"]): p for p in e["protocols"]}
+        assert len(rows) == 4 * 3
+        assert {p["count"] for p in rows.values()} == {t1["test"]["count"]}
+        full = rows[(("train", "valid", "test"), "realistic")]
+        # the standard protocol gives the test MRR the evaluated checkpoint's run reported
+        if not retrained:
+            assert e["checkpoint"] == os.path.join(own, "best.pt")
+            assert full["mrr"] == pytest.approx(t1["test"]["mrr"])
+        else:
+            assert e["checkpoint"].startswith(os.path.join(opts.runs_dir, "evaluation"))
+            assert os.path.exists(e["checkpoint"])
+            assert full["mrr"] == pytest.approx(e["training"]["test"]["mrr"])
+        for tie in ("realistic", "optimistic", "pessimistic"):
+            # filtering fewer known answers can only push targets down
+            mrrs = [rows[(f, tie)]["mrr"] for f in (("train", "valid", "test"),
+                                                    ("train", "valid"), ("train",), ())]
+            assert mrrs == sorted(mrrs, reverse=True) and mrrs[0] > mrrs[-1]
+        for f in {k[0] for k in rows}:
+            real = rows[(f, "realistic")]
+            assert rows[(f, "optimistic")]["mrr"] >= real["mrr"] >= rows[(f, "pessimistic")]["mrr"]
+            assert real["mrr"] == pytest.approx((real["head_mrr"] + real["tail_mrr"]) / 2)
+    assert R.run_experiment("evaluation", opts, log=_quiet) == 0

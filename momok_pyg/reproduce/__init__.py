@@ -37,6 +37,9 @@ experiment      runs
                 through a PyG R-GCN (:class:`~momok_pyg.nn.encoders.RGCNEncoder`) over the
                 training graph, for TuckER (its Table 1 selected grid point) and MoMoK (the
                 Table 1 budget), each beside the Table 1 run that differs only in the encoder
+``evaluation``  Table 1's TuckER rows under other evaluation protocols: each finished run's
+                best checkpoint ranked with filters from all splits to none (raw), every tie
+                mode, each direction (:func:`~momok_pyg.training.evaluation_report`)
 ==============  =================================================================================
 
 Every run trains in a child process (``momok-pyg train --config``), so its peak RSS is its own

@@ -102,10 +102,11 @@ class RunSpec:
     name: str
     config: TrainConfig
     meta: Dict[str, Any]
-    #: ``"train"`` (a training run), ``"gates"`` (the analysis of a trained run) or
-    #: ``"reuse"`` (a finished run of ``meta["source_experiment"]`` with the same config)
+    #: ``"train"`` (a training run), ``"gates"`` / ``"evaluation"`` (an analysis of a trained
+    #: run) or ``"reuse"`` (a finished run of ``meta["source_experiment"]`` with the same
+    #: config)
     kind: str = "train"
-    #: for ``kind="gates"`` / ``"reuse"``: the name of the training run analysed / reused
+    #: for the other kinds: the name of the training run analysed / reused
     #: (of ``meta["source_experiment"]`` when given, else of the same experiment)
     source: Optional[str] = None
 
@@ -469,9 +470,32 @@ def encoders(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
     return specs
 
 
+def evaluation(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
+    r"""The runs of Table 1's TuckER rows (the selected grid point, every seed) evaluated
+    under other evaluation protocols (:func:`~momok_pyg.training.evaluation_report`:
+    filters from all splits to raw, every tie mode, each direction), to test whether the
+    evaluation explains a row's distance to the paper. Each is planned once its Table 1 run
+    is finished and evaluates that run's best checkpoint (``runs/reproduce/table1/<name>/``);
+    where the checkpoint is gone (another machine), the run's configuration is trained again
+    in the evaluation run's own directory, and the result says which checkpoint it read."""
+    table1_done = load_results(opts.results_dir, "table1")
+    specs = []
+    for spec in table1(dataclasses.replace(opts, models=["tucker"]), table1_done):
+        result = table1_done.get(spec.name)
+        if result is None or spec.meta.get("stage") == "probe":
+            continue
+        if spec.meta.get("stage") == "grid" and not result["meta"].get("selected"):
+            continue
+        specs.append(RunSpec("evaluation", f"eval-{spec.name}", spec.config,
+                             {**spec.meta, "source_experiment": "table1"}, kind="evaluation",
+                             source=spec.name))
+    return specs
+
+
 EXPERIMENTS: Dict[str, Callable[[Options, Dict[str, Dict[str, Any]]], List[RunSpec]]] = {
     "table1": table1, "ablations": ablations, "robustness": robustness, "gates": gates,
     "cost": cost, "unseen": unseen, "baselines": baselines, "encoders": encoders,
+    "evaluation": evaluation,
 }
 
 

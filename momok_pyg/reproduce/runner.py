@@ -250,7 +250,7 @@ def run_experiment(experiment: str, opts: Options, command: str = "",
         for spec in pending:
             source_done = (done if "source_experiment" not in spec.meta else
                            load_results(opts.results_dir, spec.meta["source_experiment"]))
-            if spec.kind in ("gates", "reuse") and spec.source not in source_done:
+            if spec.kind != "train" and spec.source not in source_done:
                 continue  # its training run is not finished yet
             run_dir = Path(opts.runs_dir) / experiment / spec.name
             # a reuse only copies a finished result (atomically): no lock, no run directory
@@ -312,9 +312,40 @@ def _run_one(spec: RunSpec, run_dir: Path, opts: Options, command: str,
                 "command": command, "config": spec.config.to_dict(),
                 "commit": out["env"].get("git_commit"),
                 "env": out.pop("env"), "wall_seconds": time.perf_counter() - t0, **out}
+    if spec.kind == "evaluation":
+        return _evaluation(spec, run_dir, opts, command, lock)
     invocations = record_invocation(run_dir, command)
     metrics, wall, rss = run_training(spec, run_dir, run_dir / "train.log", lock)
     return summarise(spec, metrics, command, wall, rss, invocations)
+
+
+#: where an ``"evaluation"`` run trains its source's configuration again when the source's
+#: checkpoint is not on this machine
+RETRAINED = "model"
+
+
+def _evaluation(spec: RunSpec, run_dir: Path, opts: Options, command: str,
+              lock: Optional[_Lock]) -> Dict[str, Any]:
+    from momok_pyg.training import evaluation_report
+    from momok_pyg.training.loop import BEST
+    source_dir = Path(opts.runs_dir) / spec.meta["source_experiment"] / spec.source
+    t0 = time.perf_counter()
+    training = None
+    if not (source_dir / BEST).exists():
+        source_dir = run_dir / RETRAINED
+        source_dir.mkdir(parents=True, exist_ok=True)
+        invocations = record_invocation(source_dir, command)
+        metrics, wall, rss = run_training(spec, source_dir, source_dir / "train.log", lock)
+        training = summarise(spec, metrics, command, wall, rss, invocations)
+    out = evaluation_report(source_dir)
+    env = out.pop("env")
+    return {"version": RESULT_VERSION, "experiment": spec.experiment, "name": spec.name,
+            "kind": "evaluation", "meta": spec.meta, "source": spec.source,
+            "command": command, "config": spec.config.to_dict(),
+            "commit": env.get("git_commit"), "env": env,
+            "checkpoint": str(source_dir / BEST), "retrained": training is not None,
+            **({"training": training} if training is not None else {}),
+            "wall_seconds": time.perf_counter() - t0, **out}
 
 
 INVOCATIONS = "invocations.json"

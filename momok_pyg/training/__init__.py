@@ -22,13 +22,14 @@ from .config import PRESETS, SYNTHETIC, TrainConfig, canonical_dataset
 from .ensemble import EnsembleScorer
 from .loop import build_model, fit, load_data, member_names, scorer, usable_modalities
 from .optim import BackwardAdam
-from .runs import evaluate_run, load_model, train
+from .runs import EVALUATION_FILTERS, evaluate_run, evaluation_report, load_model, train
 from .step import build_optimizers, train_epoch, train_step
 
 __all__ = [
     "TrainConfig", "PRESETS", "SYNTHETIC", "canonical_dataset", "train", "fit", "train_epoch",
     "train_step", "build_optimizers",
-    "evaluate_run", "load_model", "load_data", "build_model", "member_names", "scorer",
+    "evaluate_run", "evaluation_report", "EVALUATION_FILTERS", "load_model", "load_data",
+    "build_model", "member_names", "scorer",
     "usable_modalities",
     "EnsembleScorer", "BackwardAdam", "OneToNQueries", "epoch_generator", "atomic_torch_save",
     "atomic_write_json", "load_checkpoint", "remove_stale_tmp", "get_rng_state",

@@ -191,14 +191,53 @@ def load_model(run_dir: PathLike, data: Optional[HeteroData] = None, which: str 
     return model, data, config
 
 
+ALL_SPLITS = ("train", "valid", "test")
+
+
 def evaluate_run(run_dir: PathLike, split: str = "test",
                  modalities: Optional[Sequence[str]] = None, data: Optional[HeteroData] = None,
                  breakdowns: bool = True, which: str = "best",
-                 progress: bool = False, device: Optional[str] = None) -> Dict[str, Any]:
-    r"""Re-evaluates the checkpoint of a run on :obj:`split` (filtered, both directions)."""
+                 progress: bool = False, device: Optional[str] = None,
+                 filter_splits: Sequence[str] = ALL_SPLITS,
+                 tie: Optional[str] = None) -> Dict[str, Any]:
+    r"""Re-evaluates the checkpoint of a run on :obj:`split`, both directions, filtered by
+    the triples of :obj:`filter_splits` (default: all splits; ``()``: raw ranks) with
+    :obj:`tie` (default: the run's, see :mod:`momok_pyg.metrics`)."""
     model, data, config = load_model(run_dir, data=data, which=which, device=device)
     mods = config.eval_modalities if modalities is None else list(modalities)
     _check_modalities(model, mods)
     from momok_pyg.evaluate import FilterIndex
-    return _evaluate(model, data, split, config, FilterIndex.from_data(data), mods,
-                     breakdowns=breakdowns, progress=progress)
+    if tie is not None:
+        config = dataclasses.replace(config, tie=tie)
+    return _evaluate(model, data, split, config, FilterIndex.from_data(data, filter_splits),
+                     mods, breakdowns=breakdowns, progress=progress)
+
+
+#: the filters of :func:`evaluation_report`, from the standard one (every known triple) to
+#: none (raw ranks)
+EVALUATION_FILTERS: Tuple[Tuple[str, ...], ...] = (ALL_SPLITS, ("train", "valid"), ("train",), ())
+
+
+def evaluation_report(run_dir: PathLike, split: str = "test", which: str = "best",
+                    device: Optional[str] = None) -> Dict[str, Any]:
+    r"""The metrics of a run's checkpoint on :obj:`split` under other evaluation protocols:
+    for every filter of :data:`EVALUATION_FILTERS` (the known answers removed from the
+    candidates: the triples of all splits, of train and valid, of train only, or none = raw)
+    and every tie mode (:data:`~momok_pyg.metrics.TIES`), MRR, MR and Hits@k of both
+    directions and the MRR of each direction (``head``: :math:`(?, r, t)`; ``tail``:
+    :math:`(h, r, ?)`). A paper's figure that no protocol gives cannot come from the
+    protocol alone."""
+    from momok_pyg.evaluate import FilterIndex
+    from momok_pyg.metrics import TIES
+    model, data, config = load_model(run_dir, which=which, device=device)
+    mods = config.eval_modalities
+    rows = []
+    for splits in EVALUATION_FILTERS:
+        index = FilterIndex.from_data(data, splits)
+        for tie in TIES:
+            m = _evaluate(model, data, split, dataclasses.replace(config, tie=tie), index,
+                          mods, breakdowns=True)
+            rows.append({"filter": list(splits), "tie": tie, **_scalars(m),
+                         "head_mrr": m["head"]["mrr"], "tail_mrr": m["tail"]["mrr"]})
+    return {"split": split, "which": which, "protocols": rows,
+            "env": environment(model_device(model))}
