@@ -513,6 +513,7 @@ def test_evaluation_ranks_the_table1_checkpoints_under_other_protocols(tmp_path)
         assert R.run_experiment("evaluation", opts, command="ev", log=_quiet) == 1
         e = R.load_results(opts.results_dir, "evaluation")[f"eval-{name}"]
         assert e["kind"] == "evaluation" and e["command"] == "ev" and e["source"] == name
+        assert e["env"]["threads"] == opts.threads == 1
         assert e["retrained"] == retrained == ("training" in e)
         rows = {(tuple(p["filter"]), p["tie"]): p for p in e["protocols"]}
         assert len(rows) == 4 * 3

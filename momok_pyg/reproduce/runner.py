@@ -326,6 +326,8 @@ RETRAINED = "model"
 
 def _evaluation(spec: RunSpec, run_dir: Path, opts: Options, command: str,
               lock: Optional[_Lock]) -> Dict[str, Any]:
+    import torch
+
     from momok_pyg.training import evaluation_report
     from momok_pyg.training.loop import BEST
     source_dir = Path(opts.runs_dir) / spec.meta["source_experiment"] / spec.source
@@ -337,7 +339,12 @@ def _evaluation(spec: RunSpec, run_dir: Path, opts: Options, command: str,
         invocations = record_invocation(source_dir, command)
         metrics, wall, rss = run_training(spec, source_dir, source_dir / "train.log", lock)
         training = summarise(spec, metrics, command, wall, rss, invocations)
-    out = evaluation_report(source_dir)
+    threads = torch.get_num_threads()
+    try:  # the ranking runs in this process, with the runs' thread count
+        torch.set_num_threads(opts.threads or threads)
+        out = evaluation_report(source_dir)
+    finally:
+        torch.set_num_threads(threads)
     env = out.pop("env")
     return {"version": RESULT_VERSION, "experiment": spec.experiment, "name": spec.name,
             "kind": "evaluation", "meta": spec.meta, "source": spec.source,
