@@ -383,5 +383,5 @@ def test_evaluation_section_averages_each_protocol_over_the_runs(tmp_path):
     # points per filter dropped), the widest optimistic-pessimistic gap, each direction
     assert cells[2:6] == ["37.00 ± 1.41", "33.00 ± 1.41", "29.00 ± 1.41", "25.00 ± 1.41"]
     assert cells[6:10] == ["0.40", "27.00 ± 1.41", "47.00 ± 1.41", "33.86"]
-    assert cells[10] == "Table 1's own, trained again"
+    assert cells[10] == "Table 1's own (1), trained again (1)"
     assert "filter none (raw)" in text and "    momok-pyg reproduce evaluation" in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
@@ -375,8 +375,9 @@ def section_evaluation(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
                      fmt.mean_std([mrr(r, full, "realistic", "head_mrr") for r in runs]),
                      fmt.mean_std([mrr(r, full, "realistic", "tail_mrr") for r in runs]),
                      "—" if paper is None else f"{paper:.2f}",
-                     ", ".join("trained again" if r.get("retrained") else "Table 1's own"
-                               for r in runs)])
+                     ", ".join(f"{label} ({n})" for label, n in sorted(Counter(
+                         "trained again" if r.get("retrained") else "Table 1's own"
+                         for r in runs).items()))])
     out += ["The best checkpoint of each finished Table 1 TuckER run (selected grid point, "
             "every seed) ranked again on test: test MRR (%) with the known answers of the "
             "listed splits filtered out (the first column is the protocol of every other "
