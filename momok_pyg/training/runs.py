@@ -1,6 +1,6 @@
 r"""Public entry points over run directories: :func:`train` (one model, or the
-"w/o joint training" ensemble of single-modality models), :func:`load_model` and
-:func:`evaluate_run`."""
+"w/o joint training" ensemble of single-modality models), :func:`load_model`,
+:func:`evaluate_run` and :func:`evaluation_report`."""
 from __future__ import annotations
 
 import dataclasses
@@ -219,7 +219,7 @@ EVALUATION_FILTERS: Tuple[Tuple[str, ...], ...] = (ALL_SPLITS, ("train", "valid"
 
 
 def evaluation_report(run_dir: PathLike, split: str = "test", which: str = "best",
-                    device: Optional[str] = None) -> Dict[str, Any]:
+                      device: Optional[str] = None) -> Dict[str, Any]:
     r"""The metrics of a run's checkpoint on :obj:`split` under other evaluation protocols:
     for every filter of :data:`EVALUATION_FILTERS` (the known answers removed from the
     candidates: the triples of all splits, of train and valid, of train only, or none = raw)
