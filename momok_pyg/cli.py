@@ -298,6 +298,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from momok_pyg.datasets.schema import SPLITS
     parser = argparse.ArgumentParser(
         prog="momok-pyg",
         description="MoMoK (Mixture of Modality Knowledge experts) for multi-modal knowledge "
@@ -315,8 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--modalities", nargs="+", default=None,
                    help="score with these modalities only (default: the run's)")
     e.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    e.add_argument("--filter", nargs="*", choices=("train", "valid", "test"),
-                   default=["train", "valid", "test"],
+    e.add_argument("--filter", nargs="*", choices=SPLITS, default=list(SPLITS),
                    help="splits whose triples are removed from the candidates (default: all; "
                         "none given: raw ranks)")
     e.add_argument("--tie", choices=("realistic", "optimistic", "pessimistic"), default=None,

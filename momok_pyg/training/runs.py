@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 import torch
 from tqdm.auto import tqdm
 
+from momok_pyg.datasets.schema import SPLITS
+
 from .checkpoint import atomic_write_json, load_checkpoint, remove_stale_tmp
 from .config import TrainConfig
 from .device import model_device, resolve_device
@@ -191,14 +193,11 @@ def load_model(run_dir: PathLike, data: Optional[HeteroData] = None, which: str 
     return model, data, config
 
 
-ALL_SPLITS = ("train", "valid", "test")
-
-
 def evaluate_run(run_dir: PathLike, split: str = "test",
                  modalities: Optional[Sequence[str]] = None, data: Optional[HeteroData] = None,
                  breakdowns: bool = True, which: str = "best",
                  progress: bool = False, device: Optional[str] = None,
-                 filter_splits: Sequence[str] = ALL_SPLITS,
+                 filter_splits: Sequence[str] = SPLITS,
                  tie: Optional[str] = None) -> Dict[str, Any]:
     r"""Re-evaluates the checkpoint of a run on :obj:`split`, both directions, filtered by
     the triples of :obj:`filter_splits` (default: all splits; ``()``: raw ranks) with
@@ -215,7 +214,7 @@ def evaluate_run(run_dir: PathLike, split: str = "test",
 
 #: the filters of :func:`evaluation_report`, from the standard one (every known triple) to
 #: none (raw ranks)
-EVALUATION_FILTERS: Tuple[Tuple[str, ...], ...] = (ALL_SPLITS, ("train", "valid"), ("train",), ())
+EVALUATION_FILTERS: Tuple[Tuple[str, ...], ...] = (SPLITS, ("train", "valid"), ("train",), ())
 
 
 def evaluation_report(run_dir: PathLike, split: str = "test", which: str = "best",
