@@ -182,7 +182,8 @@ def scorer(model: torch.nn.Module, modalities: Optional[Sequence[str]] = None,
 
 def _evaluate(model, data: HeteroData, split, config, filter_index, modalities=None,
               breakdowns=False,
-              progress=False, subsets=None, shard: bool = False) -> Dict[str, Any]:
+              progress=False, subsets=None, shard: bool = False,
+              return_ranks: bool = False) -> Dict[str, Any]:
     from momok_pyg.evaluate import evaluate_link_prediction
     was_training = model.training
     model.eval()
@@ -195,7 +196,7 @@ def _evaluate(model, data: HeteroData, split, config, filter_index, modalities=N
                                            breakdowns=breakdowns, progress=progress,
                                            subsets=subsets, device=model_device(model),
                                            candidate_chunk=config.eval_candidate_chunk,
-                                           shard=shard)
+                                           shard=shard, return_ranks=return_ranks)
     finally:
         model.train(was_training)
     return _jsonable(out)

@@ -227,16 +227,23 @@ def evaluation_report(run_dir: PathLike, split: str = "test", which: str = "best
     :math:`(h, r, ?)`). A paper's figure that no protocol gives cannot come from the
     protocol alone."""
     from momok_pyg.evaluate import FilterIndex
-    from momok_pyg.metrics import TIES
+    from momok_pyg.metrics import TIES, rank_metrics
     model, data, config = load_model(run_dir, which=which, device=device)
     mods = config.eval_modalities
     rows = []
     for splits in EVALUATION_FILTERS:
         index = FilterIndex.from_data(data, splits)
+        ranks = {tie: torch.tensor(_evaluate(model, data, split,
+                                             dataclasses.replace(config, tie=tie), index, mods,
+                                             return_ranks=True)["ranks"], dtype=torch.float64)
+                 for tie in ("optimistic", "pessimistic")}
+        # the realistic rank 1 + g + u/2 is the mean of the other two (momok_pyg.metrics)
+        ranks["realistic"] = (ranks["optimistic"] + ranks["pessimistic"]) / 2
         for tie in TIES:
-            m = _evaluate(model, data, split, dataclasses.replace(config, tie=tie), index,
-                          mods, breakdowns=True)
-            rows.append({"filter": list(splits), "tie": tie, **_scalars(m),
-                         "head_mrr": m["head"]["mrr"], "tail_mrr": m["tail"]["mrr"]})
+            r = ranks[tie]
+            half = r.numel() // 2  # tail queries, then head queries (query_tensors)
+            rows.append({"filter": list(splits), "tie": tie, **rank_metrics(r),
+                         "head_mrr": rank_metrics(r[half:])["mrr"],
+                         "tail_mrr": rank_metrics(r[:half])["mrr"]})
     return {"split": split, "which": which, "protocols": rows,
             "env": environment(model_device(model))}
