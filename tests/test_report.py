@@ -49,7 +49,13 @@ def results(tmp_path):
     _write(root, _result("table1", "s2", {**tm, "stage": "seed", "grid": {"lr": 0.001}},
                          0.380))
     _write(root, _result("table1", "m0", dict(dataset="MKG-Y", model="momok",
-                                              features="names", stage="seed"), 0.400))
+                                              features="names", stage="seed"), 0.400,
+                         per_modality={"structure": {"mrr": 0.31}, "joint": {"mrr": 0.35},
+                                       "text": {"mrr": 0.33}}))
+    # a dataset without a TuckER row and without the text modality
+    _write(root, _result("table1", "m1", dict(dataset="MKG-W", model="momok",
+                                              features="names", stage="seed"), 0.300,
+                         per_modality={"structure": {"mrr": 0.28}, "joint": {"mrr": 0.29}}))
     full = _result("ablations", "full", {"row": "full"}, 0.40,
                    per_modality={"structure": {"mrr": 0.35, "hits@1": 0.3, "hits@3": 0.36,
                                                "hits@10": 0.4}})
@@ -101,6 +107,22 @@ def test_table1_numbers_come_from_the_files(results, tmp_path):
     assert (tmp_path / "fig" / "table1-MKG-Y.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_table1_momok_rows_scored_by_one_modality(results, tmp_path):
+    text = report.render(results, tmp_path / "fig")
+    header = next(line for line in text.splitlines() if "| structure only |" in line)
+    # every modality found in any run, the joint one last
+    assert "| structure only | text only | joint only | summed (row above) |" in header
+    row = next(line for line in text.splitlines()
+               if line.startswith("| MKG-Y | MoMoK (names) | 1 | 31.00 |"))
+    tucker = statistics.mean([0.360, 0.370, 0.380])  # the selected grid point and its seeds
+    assert f"| 33.00 | 35.00 | 40.00 | {100 * tucker:.2f} ± 1.00 |" in row
+    assert row.endswith(f"| {100 * (0.400 - tucker):+.2f} |")
+    # no text modality and no TuckER run on MKG-W: dashes, not zeros
+    row = next(line for line in text.splitlines()
+               if line.startswith("| MKG-W | MoMoK (names) | 1 | 28.00 |"))
+    assert row.endswith("| 28.00 | — | 29.00 | 30.00 | — | — |")
+
+
 def test_selection_on_the_valid_triples_not_in_train_reads_the_test_curve():
     r = {"valid_curve": [{"epoch": 5, "mrr": 0.5, "not_in_train": {"mrr": 0.1}},
                          {"epoch": 10, "mrr": 0.4, "not_in_train": {"mrr": 0.2}}],
@@ -137,7 +159,8 @@ def test_write_report_replaces_only_its_block(results, tmp_path):
     report.write_report(results, out, tmp_path / "fig")
     second = out.read_text()
     assert second.count(report.BEGIN) == 1 and second.endswith("\ntrailing text\n")
-    assert "MoMoK (names)" not in second and "hand-written speed section" in second
+    assert "| MKG-Y | MoMoK (names) |" not in second and "hand-written speed section" in second
+    assert "| MKG-W | MoMoK (names) |" in second
 
 
 def test_a_broken_file_is_named(results, tmp_path):
