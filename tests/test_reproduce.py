@@ -335,6 +335,28 @@ def test_the_official_exid_balance_row_scales_lambda_by_the_entity_count(tmp_pat
                                            R.plan("ablations", _opts(tmp_path))}
 
 
+def test_the_recipe_rows_swap_only_the_recipe_between_momok_and_tucker(tmp_path):
+    from dataclasses import asdict
+    opts = R.Options(raw_root=str(tmp_path), root=str(tmp_path / "cache"),
+                     results_dir=str(tmp_path / "results"))
+    rows = {s.meta["row"]: asdict(s.config) for s in R.plan("ablations", opts)}
+    tucker = next(asdict(s.config) for s in R.plan("table1", opts)
+                  if s.name == "tucker-MKG-Y-lossce-lr0.001-seed0")  # MoMoK's lr
+
+    def diff(a, b):
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+    recipe = {"label_smoothing": (0.1, None), "lr_decay": (0.995, 1.0)}
+    # MoMoK with TuckER's recipe: the full row but for the recipe
+    assert diff(rows["tucker-recipe"], rows["full"]) == recipe
+    # TuckER with MoMoK's recipe: the Table 1 TuckER but for the recipe
+    assert diff(tucker, rows["tucker-momok-recipe"]) == recipe
+    assert rows["tucker-momok-recipe"]["model"] == "tucker"
+    meta = next(s.meta for s in R.plan("ablations", opts) if s.meta["row"] ==
+                "tucker-momok-recipe")
+    assert meta["features"] is None  # the row's own features, not the full row's
+
+
 def test_baselines_plan_is_a_learning_rate_grid_per_kge_model(tmp_path):
     opts = _opts(tmp_path, models=["distmult", "tucker"])
     specs = R.plan("baselines", opts)
