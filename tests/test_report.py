@@ -289,6 +289,39 @@ def test_cost_ratio_only_between_runs_on_one_device(tmp_path):
     assert "| 33.0 | — |" in _row(text, "MKG-Y", "momok", "cpu (AMD EPYC)")
 
 
+def test_the_recipe_rows_are_paired_with_the_run_that_differs_only_in_the_recipe(tmp_path):
+    from momok_pyg.training import TrainConfig
+    root = tmp_path / "results"
+    momok = TrainConfig(dataset="MKG-Y", features="names", lr=1e-3).to_dict()
+    tucker = TrainConfig(dataset="MKG-Y", model="tucker", lr=1e-3).to_dict()
+    smooth = {"label_smoothing": 0.1, "lr_decay": 0.995}
+    _write(root, _result("ablations", "full", {"row": "full"}, 0.368, config=momok))
+    # differs in the recipe *and* in lambda: not the twin of the tucker-recipe row
+    _write(root, _result("ablations", "balance", {"row": "exid-official-balance"}, 0.30,
+                         config={**momok, "lambda_club": 1.5}))
+    _write(root, _result("ablations", "mr", {"row": "tucker-recipe"}, 0.372,
+                         config={**momok, **smooth}))
+    _write(root, _result("ablations", "tr", {"row": "tucker-momok-recipe"}, 0.350,
+                         config=tucker))
+    # Table 1's TuckER at another lr is not its twin; the one at MoMoK's lr is
+    _write(root, _result("table1", "t-a-lr3", dict(dataset="MKG-Y", model="tucker"), 0.369,
+                         config={**tucker, **smooth, "lr": 3e-3}))
+    _write(root, _result("table1", "t-b-lr1", dict(dataset="MKG-Y", model="tucker"), 0.366,
+                         config={**tucker, **smooth}))
+    text = report.render(root, tmp_path / "fig")
+    section = text[text.index("### Table 2"):]
+    own = "label_smoothing = None, lr_decay = 1.0"
+    other = "label_smoothing = 0.1, lr_decay = 0.995"
+    assert (f"| MoMoK | `full` ({own}) | 36.80 | `mr` ({other}) | 37.20 | +0.40 |"
+            in section)
+    assert (f"| TuckER | `t-b-lr1` ({other}) | 36.60 | `tr` ({own}) | 35.00 | -1.60 |"
+            in section)
+    # without its twin a recipe row gets no line
+    (root / "table1" / "t-b-lr1.json").unlink()
+    section = report.render(root, tmp_path / "fig")
+    assert "| TuckER |" not in section[section.index("### Table 2"):]
+
+
 def test_seed_noise_of_the_full_configuration_is_read_from_its_other_seeds(tmp_path):
     from momok_pyg.training import TrainConfig
     root = tmp_path / "results"

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Un
 if TYPE_CHECKING:
     from os import PathLike as _OsPathLike
 
+    from momok_pyg.training import TrainConfig
+
     PathLike = Union[str, _OsPathLike]
 
 
@@ -73,6 +75,16 @@ def selection_mrr(r: Dict[str, Any]) -> Optional[float]:
     return bv.get("mrr")
 
 
+def run_config(r: Dict[str, Any]) -> Optional[TrainConfig]:
+    r"""The :class:`~momok_pyg.training.TrainConfig` of result :obj:`r` (``None`` without a
+    config, or with one that this version cannot read)."""
+    from momok_pyg.training import TrainConfig
+    try:
+        return TrainConfig.from_dict(r["config"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def seed_spread(run: Dict[str, Any], everything: Optional[AllResults]
                 ) -> Optional[Tuple[float, float, List[str]]]:
     r"""Mean and standard deviation of the test MRR over the trained runs (of any experiment)
@@ -80,14 +92,7 @@ def seed_spread(run: Dict[str, Any], everything: Optional[AllResults]
     (:meth:`~momok_pyg.training.TrainConfig.result_mismatch`, the rule by which a finished run
     is reused), and their names; ``None`` below two seeds. It tells how large a difference
     from :obj:`run` has to be before it is more than seed noise."""
-    from momok_pyg.training import TrainConfig
-
-    def config(r: Dict[str, Any]) -> Optional[TrainConfig]:
-        try:
-            return TrainConfig.from_dict(r["config"])
-        except (KeyError, TypeError, ValueError):  # no config, or one of another version
-            return None
-
+    config = run_config
     want = config(run)
     if want is None:
         return None
