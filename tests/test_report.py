@@ -365,6 +365,11 @@ def test_seed_noise_of_the_full_configuration_is_read_from_its_other_seeds(tmp_p
     assert report.exid_share({"config": no_lambda, "best_epoch": 10, "train_curve": [
         {"epoch": 10, "loss": 2.0, "mi_upper": 4.0}]}) == pytest.approx(
             2 * TrainConfig.lambda_club)
+    # TuckER (no ExID, though its config keeps the flag) and K = 1 have no ExID weight
+    curve = {"best_epoch": 10, "train_curve": [{"epoch": 10, "loss": 2.0, "mi_upper": 0.0}]}
+    assert report.exid_share({**curve, "config": {**cfg, "model": "tucker"}}) is None
+    assert report.exid_share({**curve, "config": {**cfg, "num_experts": 1}}) is None
+    assert report.exid_share({**curve, "config": cfg}) == 0.0
     # a configuration with one seed gives no line
     lone = _result("ablations", "no-exid", {"row": "no-exid"}, 0.365,
                    config={**cfg, "exid": False})

@@ -110,9 +110,12 @@ def seed_spread(run: Dict[str, Any], everything: Optional[AllResults]
 
 def exid_share(r: Dict[str, Any]) -> Optional[float]:
     r"""``λ · mi_upper / loss`` at the best epoch of :obj:`r`'s training curve, or ``None``
-    (no curve kept, ExID off, or no best epoch of its own: an ensemble)."""
+    (no curve kept, ExID off, a model without ExID such as TuckER or MoMoK with fewer than
+    two experts, or no best epoch of its own: an ensemble)."""
     cfg, best = r.get("config") or {}, r.get("best_epoch")
     if not cfg.get("exid", True) or not isinstance(best, int):
+        return None
+    if cfg.get("model", "momok") != "momok" or cfg.get("num_experts", 3) < 2:
         return None
     entry = next((e for e in r.get("train_curve") or [] if e.get("epoch") == best), None)
     if entry is None or not entry.get("loss"):
