@@ -92,14 +92,13 @@ def seed_spread(run: Dict[str, Any], everything: Optional[AllResults]
     (:meth:`~momok_pyg.training.TrainConfig.result_mismatch`, the rule by which a finished run
     is reused), and their names; ``None`` below two seeds. It tells how large a difference
     from :obj:`run` has to be before it is more than seed noise."""
-    config = run_config
-    want = config(run)
+    want = run_config(run)
     if want is None:
         return None
     same = {}
     for r in (x for rs in (everything or {}).values() for x in rs
               if not x.get("reused") and "mrr" in (x.get("test") or {})):
-        cfg = config(r)
+        cfg = run_config(r)
         if cfg is not None and set(want.result_mismatch(cfg)) <= {"seed"}:
             same[r["name"]] = r["test"]["mrr"]
     if len(same) < 2:

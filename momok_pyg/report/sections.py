@@ -193,6 +193,12 @@ def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
 
 #: what the ``tucker-recipe`` / ``tucker-momok-recipe`` ablation rows swap
 RECIPE_KEYS = ("label_smoothing", "lr_decay")
+
+
+def _recipe(config: Dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {config.get(k)}" for k in RECIPE_KEYS)
+
+
 def _recipe_twin(run: Dict[str, Any], pool: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     r"""The first run of :obj:`pool` whose configuration differs from :obj:`run`'s in
     :data:`RECIPE_KEYS` and in nothing else that a result depends on
@@ -225,14 +231,10 @@ def _recipe_table(results: List[Dict[str, Any]],
         twin = _recipe_twin(r, pool)
         if twin is None:
             continue
-        cfg, tc = r["config"], twin["config"]
-        model = "MoMoK" if cfg.get("model") == "momok" else "TuckER"
-
-        def recipe(c: Dict[str, Any]) -> str:
-            return ", ".join(f"{k} = {c.get(k)}" for k in RECIPE_KEYS)
-
-        rows.append([model, f"`{twin['name']}` ({recipe(tc)})", fmt.pct(twin["test"]["mrr"]),
-                     f"`{r['name']}` ({recipe(cfg)})", fmt.pct(r["test"]["mrr"]),
+        model = "MoMoK" if r["config"].get("model") == "momok" else "TuckER"
+        rows.append([model, f"`{twin['name']}` ({_recipe(twin['config'])})",
+                     fmt.pct(twin["test"]["mrr"]),
+                     f"`{r['name']}` ({_recipe(r['config'])})", fmt.pct(r["test"]["mrr"]),
                      f"{100 * (r['test']['mrr'] - twin['test']['mrr']):+.2f}"])
     if not rows:
         return []

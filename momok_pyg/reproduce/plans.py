@@ -277,7 +277,9 @@ def ablations(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
     from the full run's per-modality scores. The full row is Table 1's MoMoK run of that seed
     once it is finished with the same configuration (not trained twice). On a benchmark, the
     row ``exid-official-balance`` trains the full model with ExID weighted as the official
-    code weighs it (see :data:`OFFICIAL_LAMBDA`)."""
+    code weighs it (see :data:`OFFICIAL_LAMBDA`). Beyond the paper, ``tucker-recipe`` and
+    ``tucker-momok-recipe`` swap the training recipes of Table 1's MoMoK and TuckER rows
+    (see :data:`ABLATIONS`)."""
     specs = []
     table1_done = load_results(opts.results_dir, "table1")
     for ds in _mkgy(opts):
