@@ -7,7 +7,7 @@ import json
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from momok_pyg.report import formatting as fmt
 from momok_pyg.report.plots import heatmap, plot_curves, pyplot
@@ -191,17 +191,14 @@ def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
     return out
 
 
-#: what the ``tucker-recipe`` / ``tucker-momok-recipe`` ablation rows swap
-RECIPE_KEYS = ("label_smoothing", "lr_decay")
+def _recipe(config: Dict[str, Any], keys: Sequence[str]) -> str:
+    return ", ".join(f"{k} = {config.get(k)}" for k in keys)
 
 
-def _recipe(config: Dict[str, Any]) -> str:
-    return ", ".join(f"{k} = {config.get(k)}" for k in RECIPE_KEYS)
-
-
-def _recipe_twin(run: Dict[str, Any], pool: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+def _recipe_twin(run: Dict[str, Any], pool: List[Dict[str, Any]],
+                 keys: Sequence[str]) -> Optional[Dict[str, Any]]:
     r"""The first run of :obj:`pool` whose configuration differs from :obj:`run`'s in
-    :data:`RECIPE_KEYS` and in nothing else that a result depends on
+    :obj:`keys` (the recipe) and in nothing else that a result depends on
     (:meth:`~momok_pyg.training.TrainConfig.result_mismatch`, the rule by which a finished
     run is reused); ``None`` if there is none."""
     want = run_config(run)
@@ -211,7 +208,7 @@ def _recipe_twin(run: Dict[str, Any], pool: List[Dict[str, Any]]) -> Optional[Di
         cfg = None if other is run else run_config(other)
         if cfg is not None and "mrr" in (other.get("test") or {}):
             diff = set(want.result_mismatch(cfg))
-            if diff and diff <= set(RECIPE_KEYS):
+            if diff and diff <= set(keys):
                 return other
     return None
 
@@ -223,18 +220,20 @@ def _recipe_table(results: List[Dict[str, Any]],
     epoch). The ``tucker-recipe`` row is the full MoMoK with TuckER's recipe; the
     ``tucker-momok-recipe`` row is TuckER with MoMoK's, paired with the Table 1 TuckER run
     that differs from it only in the recipe."""
+    from momok_pyg.reproduce.plans import RECIPE_ROWS, TUCKER_RECIPE
+    keys = tuple(TUCKER_RECIPE)
     pool = list(results) + list((everything or {}).get("table1", []))
     rows = []
     for r in sorted(results, key=lambda r: r["name"]):
-        if r["meta"].get("row") not in ("tucker-recipe", "tucker-momok-recipe"):
+        if r["meta"].get("row") not in RECIPE_ROWS:
             continue
-        twin = _recipe_twin(r, pool)
+        twin = _recipe_twin(r, pool, keys)
         if twin is None:
             continue
         model = "MoMoK" if r["config"].get("model") == "momok" else "TuckER"
-        rows.append([model, f"`{twin['name']}` ({_recipe(twin['config'])})",
+        rows.append([model, f"`{twin['name']}` ({_recipe(twin['config'], keys)})",
                      fmt.pct(twin["test"]["mrr"]),
-                     f"`{r['name']}` ({_recipe(r['config'])})", fmt.pct(r["test"]["mrr"]),
+                     f"`{r['name']}` ({_recipe(r['config'], keys)})", fmt.pct(r["test"]["mrr"]),
                      f"{100 * (r['test']['mrr'] - twin['test']['mrr']):+.2f}"])
     if not rows:
         return []

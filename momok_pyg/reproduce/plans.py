@@ -24,7 +24,8 @@ RESULT_VERSION = 1
 #: 0.4, output 0.5), label smoothing 0.1 and exponential learning-rate decay (0.995 per epoch),
 #: with the paper's batch of 1024 and d = 200. Loss and ``lr`` are chosen on valid
 #: (:data:`TUCKER_GRID`).
-TUCKER = dict(model="tucker", label_smoothing=0.1, dim=200, batch_size=1024, lr_decay=0.995)
+TUCKER_RECIPE = dict(label_smoothing=0.1, lr_decay=0.995)
+TUCKER = dict(model="tucker", dim=200, batch_size=1024, **TUCKER_RECIPE)
 #: The grid tried for TuckER at the first seed: softmax CE (MoMoK's loss under the paper
 #: protocol) at two learning rates.
 TUCKER_GRID = (dict(loss="ce", lr=1e-3), dict(loss="ce", lr=3e-3))
@@ -48,7 +49,7 @@ ABLATIONS = {
     #: beyond the paper: the full model trained with the Table 1 TuckER's recipe (label
     #: smoothing 0.1, lr decay 0.995 per epoch; MoMoK's row uses neither), to measure what
     #: the recipe gap between the two Table 1 rows is worth
-    "tucker-recipe": dict(label_smoothing=0.1, lr_decay=0.995),
+    "tucker-recipe": dict(TUCKER_RECIPE),
     #: beyond the paper: the structure modality alone without experts, gate, ExID or joint
     #: modality, i.e. TuckER (:class:`~momok_pyg.nn.TuckER` is MoMoK with K = 0 and only the
     #: structure table), trained with MoMoK's recipe. Against ``no-joint``'s structure member
@@ -56,6 +57,8 @@ ABLATIONS = {
     #: MoMoK's lr it isolates the recipe
     "tucker-momok-recipe": dict(model="tucker", features=None),
 }
+#: the ablation rows that swap the recipes (:data:`TUCKER_RECIPE`) of Table 1's two rows
+RECIPE_ROWS = ("tucker-recipe", "tucker-momok-recipe")
 #: the official code's :math:`\lambda`: against its mean BCE over :math:`B \times N` it gives
 #: ExID the weight that :math:`\lambda N` gives it against the paper's per-query CE (see
 #: :data:`~momok_pyg.training.config.PROTOCOLS`); the ``exid-official-balance`` ablation row
