@@ -111,14 +111,15 @@ def exid_share(r: Dict[str, Any]) -> Optional[float]:
     r"""``λ · mi_upper / loss`` at the best epoch of :obj:`r`'s training curve, or ``None``
     (no curve kept, ExID off, a model without ExID such as TuckER or MoMoK with fewer than
     two experts, or no best epoch of its own: an ensemble)."""
+    from momok_pyg.training import TrainConfig
     cfg, best = r.get("config") or {}, r.get("best_epoch")
-    if not cfg.get("exid", True) or not isinstance(best, int):
+    if not cfg.get("exid", TrainConfig.exid) or not isinstance(best, int):
         return None
-    if cfg.get("model", "momok") != "momok" or cfg.get("num_experts", 3) < 2:
+    if (cfg.get("model", TrainConfig.model) != "momok"
+            or cfg.get("num_experts", TrainConfig.num_experts) < 2):
         return None
     entry = next((e for e in r.get("train_curve") or [] if e.get("epoch") == best), None)
     if entry is None or not entry.get("loss"):
         return None
-    from momok_pyg.training import TrainConfig
     lam = cfg.get("lambda_club", TrainConfig.lambda_club)
     return lam * entry["mi_upper"] / entry["loss"]
