@@ -310,6 +310,10 @@ def test_the_recipe_rows_are_paired_with_the_run_that_differs_only_in_the_recipe
                          config={**tucker, **smooth}))
     text = report.render(root, tmp_path / "fig")
     section = text[text.index("### Table 2"):]
+    # the MoMoK recipe row is an ablation of full; the TuckER one is not
+    assert "| +0.40 |" in _row(section, "tucker-recipe")
+    assert "| — |" in _row(section, "tucker-momok-recipe")
+    assert "Δ is — for a row of another model than the full one (tucker)" in section
     own = "label_smoothing = None, lr_decay = 1.0"
     other = "label_smoothing = 0.1, lr_decay = 0.995"
     assert (f"| MoMoK | `full` ({own}) | 36.80 | `mr` ({other}) | 37.20 | +0.40 |"

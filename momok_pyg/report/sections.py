@@ -160,10 +160,16 @@ def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
                       everything: Optional[AllResults] = None) -> List[str]:
     out = ["### Table 2 / 8: ablations", ""]
     full = next((r for r in results if r["meta"].get("row") == "full"), None)
-    rows = []
+    full_model = None if full is None else (full.get("config") or {}).get("model", "momok")
+    rows, others = [], set()
     for r in sorted(results, key=lambda r: (r["meta"].get("row") != "full", r["name"])):
-        d = "" if full is None or r is full else \
-            f"{100 * (r['test']['mrr'] - full['test']['mrr']):+.2f}"
+        if full is None or r is full:
+            d = ""
+        elif (r.get("config") or {}).get("model", "momok") != full_model:
+            d = "—"  # another model: not an ablation of the full one
+            others.add(r["config"]["model"])
+        else:
+            d = f"{100 * (r['test']['mrr'] - full['test']['mrr']):+.2f}"
         rows.append([r["meta"].get("row"), *(fmt.pct(r["test"][k]) for k in METRICS), d,
                      fmt.epochs(r)])
     if full is not None:
@@ -172,6 +178,10 @@ def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
                          f"{100 * (v['mrr'] - full['test']['mrr']):+.2f}", fmt.epochs(full)])
     out += fmt.table(["row", "MRR", "Hits@1", "Hits@3", "Hits@10", "Δ MRR vs full", "epochs"],
                      rows)
+    if others:
+        out += ["", f"Δ is — for a row of another model than the full one "
+                f"({', '.join(sorted(others))}): it is no ablation of MoMoK; the recipe "
+                "table below compares it with its own twin."]
     ordered = sorted(results, key=lambda r: r["name"])
     switches = [f"`{r['meta']['row']}`: " + ", ".join(f"{k} = {v}" for k, v in
                                                       r["meta"]["switch"].items())
