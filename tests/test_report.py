@@ -323,7 +323,57 @@ def test_the_recipe_rows_are_paired_with_the_run_that_differs_only_in_the_recipe
     # without its twin a recipe row gets no line
     (root / "table1" / "t-b-lr1.json").unlink()
     section = report.render(root, tmp_path / "fig")
-    assert "| TuckER |" not in section[section.index("### Table 2"):]
+    assert "| TuckER | `" not in section[section.index("### Table 2"):]
+
+
+def test_matched_recipes_compare_the_models_over_seeds_under_one_recipe(tmp_path):
+    from momok_pyg.training import TrainConfig
+    root = tmp_path / "results"
+    momok = TrainConfig(dataset="MKG-Y", features="names", lr=1e-3).to_dict()
+    tucker = TrainConfig(dataset="MKG-Y", model="tucker", lr=1e-3).to_dict()
+    smooth = {"label_smoothing": 0.1, "lr_decay": 0.995}
+    tm = dict(dataset="MKG-Y", model="tucker", stage="grid")
+    # Table 1: TuckER's grid (lr 3e-3 wins on valid), its seeds, MoMoK's seeds
+    _write(root, _result("table1", "t-lr1-s0", {**tm, "grid": {"lr": 0.001}}, 0.50,
+                         valid_mrr=0.30, config={**tucker, **smooth}))
+    for seed, mrr in ((0, 0.366), (1, 0.370), (2, 0.368)):
+        stage = "grid" if seed == 0 else "seed"
+        _write(root, _result("table1", f"t-lr3-s{seed}", {**tm, "stage": stage,
+                             "grid": {"lr": 0.003}}, mrr, valid_mrr=0.34,
+                             config={**tucker, **smooth, "lr": 3e-3, "seed": seed}))
+        _write(root, _result("table1", f"m-s{seed}", dict(dataset="MKG-Y", model="momok",
+                             features="names"), mrr - 0.002, config={**momok, "seed": seed}))
+    _write(root, _result("ablations", "full-s0", {"row": "full", "dataset": "MKG-Y", "seed": 0},
+                         0.364, config={**momok, "seed": 0},
+                         reused={"experiment": "table1", "name": "m-s0", "command": "c"}))
+    for seed, mrr in ((0, 0.377), (1, 0.375), (2, 0.373)):
+        _write(root, _result("ablations", f"mr-s{seed}", {"row": "tucker-recipe",
+                             "dataset": "MKG-Y", "seed": seed}, mrr,
+                             config={**momok, **smooth, "seed": seed}))
+    for seed, mrr in ((0, 0.360), (1, 0.356)):
+        _write(root, _result("ablations", f"tr-s{seed}", {"row": "tucker-momok-recipe",
+                             "dataset": "MKG-Y", "seed": seed}, mrr,
+                             config={**tucker, "seed": seed}))
+    section = report.render(root, tmp_path / "fig")
+    section = section[section.index("### Table 2"):]
+    end = section.find("\n### ", 4)  # up to the next section, if any
+    section = section if end < 0 else section[:end]
+
+    def ms(xs):
+        return f"{100 * statistics.mean(xs):.2f} ± {100 * statistics.stdev(xs):.2f}"
+
+    own = _row(section, "MoMoK's (label_smoothing = None, lr_decay = 1.0)")
+    assert f"| {ms([0.364, 0.368, 0.366])} | 3 |" in own  # Table 1's MoMoK seeds
+    assert f"| {ms([0.360, 0.356])} | 2 |" in own and "`tr-s1`" in own
+    assert f"| {100 * (0.366 - 0.358):+.2f} |" in own
+    other = _row(section, "TuckER's (label_smoothing = 0.1, lr_decay = 0.995)")
+    assert f"| {ms([0.377, 0.375, 0.373])} | 3 |" in other
+    # Table 1's TuckER row: the selected grid point's seeds, not the other grid point
+    assert f"| {ms([0.366, 0.370, 0.368])} | 3 |" in other and "t-lr1" not in other
+    assert f"| {100 * (0.375 - 0.368):+.2f} |" in other
+    # the ablation table itself shows each row once, at its first seed
+    assert sum(line.startswith("| tucker-recipe |") for line in section.splitlines()) == 1
+    assert "| 37.70 |" in _row(section, "tucker-recipe")
 
 
 def test_seed_noise_of_the_full_configuration_is_read_from_its_other_seeds(tmp_path):

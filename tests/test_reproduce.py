@@ -339,7 +339,15 @@ def test_the_recipe_rows_swap_only_the_recipe_between_momok_and_tucker(tmp_path)
     from dataclasses import asdict
     opts = R.Options(raw_root=str(tmp_path), root=str(tmp_path / "cache"),
                      results_dir=str(tmp_path / "results"))
-    rows = {s.meta["row"]: asdict(s.config) for s in R.plan("ablations", opts)}
+    specs = R.plan("ablations", opts)
+    rows = {s.meta["row"]: asdict(s.config) for s in specs if s.config.seed == 0}
+    # the recipe rows run at every seed (a comparison of the two models), the others at one
+    seeds = {}
+    for s in specs:
+        seeds.setdefault(s.meta["row"], []).append(s.config.seed)
+    assert seeds["tucker-recipe"] == seeds["tucker-momok-recipe"] == list(opts.seeds) == [0, 1, 2]
+    assert seeds["no-exid"] == seeds["full"] == [0]
+    assert "tucker-recipe-MKG-Y-seed2" in {s.name for s in specs}
     tucker = next(asdict(s.config) for s in R.plan("table1", opts)
                   if s.name == "tucker-MKG-Y-lossce-lr0.001-seed0")  # MoMoK's lr
 

@@ -85,26 +85,35 @@ def run_config(r: Dict[str, Any]) -> Optional[TrainConfig]:
         return None
 
 
-def seed_spread(run: Dict[str, Any], everything: Optional[AllResults]
-                ) -> Optional[Tuple[float, float, List[str]]]:
-    r"""Mean and standard deviation of the test MRR over the trained runs (of any experiment)
+def seed_group(run: Dict[str, Any], everything: Optional[AllResults]
+               ) -> List[Dict[str, Any]]:
+    r"""The trained runs (of any experiment; a copied result counts once, as its original)
     whose configuration and budget equal :obj:`run`'s but for the seed
     (:meth:`~momok_pyg.training.TrainConfig.result_mismatch`, the rule by which a finished run
-    is reused), and their names; ``None`` below two seeds. It tells how large a difference
-    from :obj:`run` has to be before it is more than seed noise."""
+    is reused), :obj:`run`'s own seed included, sorted by name; ``[]`` without a readable
+    config."""
     want = run_config(run)
     if want is None:
-        return None
+        return []
     same = {}
     for r in (x for rs in (everything or {}).values() for x in rs
               if not x.get("reused") and "mrr" in (x.get("test") or {})):
         cfg = run_config(r)
         if cfg is not None and set(want.result_mismatch(cfg)) <= {"seed"}:
-            same[r["name"]] = r["test"]["mrr"]
-    if len(same) < 2:
+            same[r["name"]] = r
+    return [same[n] for n in sorted(same)]
+
+
+def seed_spread(run: Dict[str, Any], everything: Optional[AllResults]
+                ) -> Optional[Tuple[float, float, List[str]]]:
+    r"""Mean and standard deviation of the test MRR over :func:`seed_group` of :obj:`run`,
+    and their names; ``None`` below two seeds. It tells how large a difference from
+    :obj:`run` has to be before it is more than seed noise."""
+    group = seed_group(run, everything)
+    if len(group) < 2:
         return None
-    xs = list(same.values())
-    return statistics.mean(xs), statistics.stdev(xs), sorted(same)
+    xs = [r["test"]["mrr"] for r in group]
+    return statistics.mean(xs), statistics.stdev(xs), [r["name"] for r in group]
 
 
 def exid_share(r: Dict[str, Any]) -> Optional[float]:

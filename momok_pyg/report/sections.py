@@ -16,6 +16,7 @@ from momok_pyg.report.results import (
     alt_selection_test,
     exid_share,
     run_config,
+    seed_group,
     selected_within,
     selection_mrr,
 )
@@ -40,6 +41,19 @@ METRICS = ("mrr", "hits@1", "hits@3", "hits@10")
 ModalGroup = Tuple[str, str, List[Dict[str, Any]], List[Dict[str, Any]]]
 
 
+def selected_tucker(runs: List[Dict[str, Any]]
+                    ) -> Tuple[Optional[Dict[str, Any]], List[Dict[str, Any]]]:
+    r"""Table 1's TuckER row of one dataset's Table 1 results: the grid run with the best
+    selection MRR on valid, and the runs of its grid point (every seed); ``(None, [])``
+    before a grid run has finished."""
+    tucker = [r for r in runs if r["meta"].get("model") == "tucker"]
+    grid = [r for r in tucker if r["meta"].get("stage") == "grid"]
+    if not grid:
+        return None, []
+    best = max(grid, key=lambda r: selection_mrr(r) or -1.0)
+    return best, [r for r in tucker if r["meta"].get("grid") == best["meta"]["grid"]]
+
+
 def section_table1(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
                    everything: Optional[AllResults] = None) -> List[str]:
     out = ["### Table 1: link prediction on the four benchmarks", ""]
@@ -55,10 +69,8 @@ def section_table1(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
         tucker = [r for r in runs if r["meta"].get("model") == "tucker"]
         grid = [r for r in tucker if r["meta"].get("stage") == "grid"]
         probes = [r for r in tucker if r["meta"].get("stage") == "probe"]
-        best_point = None
+        best, selected = selected_tucker(runs)
         if grid:
-            best = max(grid, key=lambda r: selection_mrr(r) or -1.0)
-            best_point = best["meta"]["grid"]
             for r in sorted(grid, key=lambda r: json.dumps(r["meta"]["grid"], sort_keys=True)):
                 grid_rows.append([ds, ", ".join(f"{k}={v}" for k, v in sorted(
                     r["meta"]["grid"].items())), fmt.pct(selection_mrr(r)),
@@ -77,7 +89,6 @@ def section_table1(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
                 r["meta"]["grid"].items())), fmt.pct(selection_mrr(r)),
                 fmt.pct(r["test"]["mrr"]), fmt.epochs(r), fmt.trained_on(r),
                 "fixed-budget probe, not selectable"])
-        selected = [r for r in tucker if r["meta"].get("grid") == best_point]
         for label, group in (("TuckER (structure)", selected),
                              *[(f"MoMoK ({feats})", [r for r in runs if r["meta"].get("model")
                                                      == "momok" and str(r["meta"].get(
@@ -159,7 +170,13 @@ def _per_modality_table(groups: List[ModalGroup]) -> List[str]:
 def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
                       everything: Optional[AllResults] = None) -> List[str]:
     out = ["### Table 2 / 8: ablations", ""]
-    full = next((r for r in results if r["meta"].get("row") == "full"), None)
+    every_seed = results
+    # one run per row (its first seed); the recipe rows' other seeds feed the recipe tables
+    first: Dict[Any, Dict[str, Any]] = {}
+    for r in sorted(results, key=lambda r: (r["meta"].get("seed") or 0, r["name"])):
+        first.setdefault(r["meta"].get("row"), r)
+    results = list(first.values())
+    full = first.get("full")
     full_model = None if full is None else (full.get("config") or {}).get("model", "momok")
     rows, others = [], set()
     for r in sorted(results, key=lambda r: (r["meta"].get("row") != "full", r["name"])):
@@ -195,10 +212,57 @@ def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
                 "/ KGC loss, epoch means; rows whose result keeps its training curve): "
                 + ", ".join(f"{row} {100 * v:.3g}%" for row, v in shares) + "."]
     out += _recipe_table(results, everything)
+    out += _matched_recipe_table(full, every_seed, everything)
     out += fmt.seed_note(full, everything, "full")
-    fig = plot_curves(results, fig_dir / "ablations.png", "ablations: valid / test MRR")
-    out += ["", f"![ablation curves]({rel / fig.name})", ""] + fmt.provenance(results)
+    fig = plot_curves(sorted(results, key=lambda r: r["name"]), fig_dir / "ablations.png",
+                      "ablations: valid / test MRR")
+    out += ["", f"![ablation curves]({rel / fig.name})", ""] + fmt.provenance(every_seed)
     return out
+
+
+def _matched_recipe_table(full: Optional[Dict[str, Any]], results: List[Dict[str, Any]],
+                          everything: Optional[AllResults]) -> List[str]:
+    r"""MoMoK against TuckER under one recipe at a time, over seeds: MoMoK's recipe (the
+    full row and its other seeds, which are Table 1's MoMoK runs, against the
+    ``tucker-momok-recipe`` row's seeds) and TuckER's (the ``tucker-recipe`` row's seeds
+    against Table 1's TuckER row of the dataset: its grid point selected on valid, every
+    seed). Table 1 itself sets each model's own recipe against the other's."""
+    from momok_pyg.reproduce.plans import TUCKER_RECIPE
+    if full is None:
+        return []
+    keys = tuple(TUCKER_RECIPE)
+    ds = full["meta"].get("dataset")
+
+    def row_runs(row: str) -> List[Dict[str, Any]]:
+        return sorted((r for r in results if r["meta"].get("row") == row),
+                      key=lambda r: r["name"])
+
+    table1 = [r for r in (everything or {}).get("table1", [])
+              if r["meta"].get("dataset") == ds]
+    _, tucker_row = selected_tucker(table1)
+    lines = [("MoMoK's", full["config"], seed_group(full, everything),
+              row_runs("tucker-momok-recipe")),
+             ("TuckER's", (row_runs("tucker-recipe") or [{}])[0].get("config", {}),
+              row_runs("tucker-recipe"), sorted(tucker_row, key=lambda r: r["name"]))]
+    rows = []
+    for recipe, config, momok, tucker in lines:
+        if not momok or not tucker:
+            continue
+        a = [r["test"]["mrr"] for r in momok]
+        b = [r["test"]["mrr"] for r in tucker]
+        rows.append([f"{recipe} ({_recipe(config, keys)})",
+                     fmt.mean_std(a), len(a), ", ".join(f"`{r['name']}`" for r in momok),
+                     fmt.mean_std(b), len(b), ", ".join(f"`{r['name']}`" for r in tucker),
+                     f"{100 * (statistics.mean(a) - statistics.mean(b)):+.2f}"])
+    if not rows:
+        return []
+    return ["", "MoMoK against TuckER under one recipe at a time (test MRR %, best-valid "
+            "checkpoints, mean ± std over the seeds listed). MoMoK's recipe: the full row and "
+            "its other seeds (Table 1's MoMoK runs) against TuckER with that recipe at "
+            "MoMoK's lr. TuckER's recipe: MoMoK with it against Table 1's TuckER row (its "
+            "learning rate selected on valid, which MoMoK's was not).", "",
+            *fmt.table(["recipe", "MoMoK MRR", "n", "MoMoK runs", "TuckER MRR", "n", "TuckER runs",
+                        "Δ MoMoK − TuckER"], rows)]
 
 
 def _recipe(config: Dict[str, Any], keys: Sequence[str]) -> str:
