@@ -177,14 +177,17 @@ def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
         first.setdefault(r["meta"].get("row"), r)
     results = list(first.values())
     full = first.get("full")
-    full_model = None if full is None else (full.get("config") or {}).get("model", "momok")
+
+    def model(r: Dict[str, Any]) -> str:
+        return (r.get("config") or {}).get("model", "momok")
+
     rows, others = [], set()
     for r in sorted(results, key=lambda r: (r["meta"].get("row") != "full", r["name"])):
         if full is None or r is full:
             d = ""
-        elif (r.get("config") or {}).get("model", "momok") != full_model:
+        elif model(r) != model(full):
             d = "—"  # another model: not an ablation of the full one
-            others.add(r["config"]["model"])
+            others.add(model(r))
         else:
             d = f"{100 * (r['test']['mrr'] - full['test']['mrr']):+.2f}"
         rows.append([r["meta"].get("row"), *(fmt.pct(r["test"][k]) for k in METRICS), d,
@@ -240,17 +243,16 @@ def _matched_recipe_table(full: Optional[Dict[str, Any]], results: List[Dict[str
     table1 = [r for r in (everything or {}).get("table1", [])
               if r["meta"].get("dataset") == ds]
     _, tucker_row = selected_tucker(table1)
-    lines = [("MoMoK's", full["config"], seed_group(full, everything),
-              row_runs("tucker-momok-recipe")),
-             ("TuckER's", (row_runs("tucker-recipe") or [{}])[0].get("config", {}),
-              row_runs("tucker-recipe"), sorted(tucker_row, key=lambda r: r["name"]))]
+    lines = [("MoMoK's", seed_group(full, everything), row_runs("tucker-momok-recipe")),
+             ("TuckER's", row_runs("tucker-recipe"),
+              sorted(tucker_row, key=lambda r: r["name"]))]
     rows = []
-    for recipe, config, momok, tucker in lines:
+    for recipe, momok, tucker in lines:
         if not momok or not tucker:
             continue
         a = [r["test"]["mrr"] for r in momok]
         b = [r["test"]["mrr"] for r in tucker]
-        rows.append([f"{recipe} ({_recipe(config, keys)})",
+        rows.append([f"{recipe} ({_recipe(momok[0]['config'], keys)})",
                      fmt.mean_std(a), len(a), ", ".join(f"`{r['name']}`" for r in momok),
                      fmt.mean_std(b), len(b), ", ".join(f"`{r['name']}`" for r in tucker),
                      f"{100 * (statistics.mean(a) - statistics.mean(b)):+.2f}"])
