@@ -316,14 +316,13 @@ def test_the_recipe_rows_are_paired_with_the_run_that_differs_only_in_the_recipe
     assert "Δ is — for a row of another model than the full one (tucker)" in section
     own = "label_smoothing = None, lr_decay = 1.0"
     other = "label_smoothing = 0.1, lr_decay = 0.995"
-    assert (f"| MoMoK | `full` ({own}) | 36.80 | `mr` ({other}) | 37.20 | +0.40 |"
-            in section)
-    assert (f"| TuckER | `t-b-lr1` ({other}) | 36.60 | `tr` ({own}) | 35.00 | -1.60 |"
+    assert f"| MoMoK | 1 | {own} | `full` | 36.80 | {other} | `mr` | 37.20 | +0.40 |" in section
+    assert (f"| TuckER | 1 | {other} | `t-b-lr1` | 36.60 | {own} | `tr` | 35.00 | -1.60 |"
             in section)
     # without its twin a recipe row gets no line
     (root / "table1" / "t-b-lr1.json").unlink()
     section = report.render(root, tmp_path / "fig")
-    assert "| TuckER | `" not in section[section.index("### Table 2"):]
+    assert "| TuckER | " not in section[section.index("### Table 2"):]
 
 
 def test_matched_recipes_compare_the_models_over_seeds_under_one_recipe(tmp_path):
@@ -371,6 +370,15 @@ def test_matched_recipes_compare_the_models_over_seeds_under_one_recipe(tmp_path
     # Table 1's TuckER row: the selected grid point's seeds, not the other grid point
     assert f"| {ms([0.366, 0.370, 0.368])} | 3 |" in other and "t-lr1" not in other
     assert f"| {100 * (0.375 - 0.368):+.2f} |" in other
+    # the recipe swap pairs every seed with its own twin: the full row (seed 0), then Table
+    # 1's MoMoK seeds; Δ is the mean ± std of the paired differences
+    swap = _row(section, "MoMoK", "3")
+    assert "`full-s0`, `m-s1`, `m-s2`" in swap and "`mr-s0`, `mr-s1`, `mr-s2`" in swap
+    diffs = [0.377 - 0.364, 0.375 - 0.368, 0.373 - 0.366]
+    assert (f"| {100 * statistics.mean(diffs):+.2f} ± {100 * statistics.stdev(diffs):.2f} |"
+            in swap)
+    # TuckER with MoMoK's recipe at seed 1 has no twin (Table 1's seeds are at another lr)
+    assert f"| `tr-s0` | 36.00 | {100 * (0.360 - 0.50):+.2f} |" in _row(section, "TuckER", "1")
     # the ablation table itself shows each row once, at its first seed
     assert sum(line.startswith("| tucker-recipe |") for line in section.splitlines()) == 1
     assert "| 37.70 |" in _row(section, "tucker-recipe")

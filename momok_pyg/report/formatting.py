@@ -14,13 +14,16 @@ def pct(x: Optional[float]) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
-def mean_std(xs: Sequence[float]) -> str:
+def mean_std(xs: Sequence[Optional[float]], signed: bool = False) -> str:
+    r"""``"mean ± std"`` of fractions in percent (sample std; the mean alone for one value,
+    — for none); :obj:`signed` prints the mean's sign (differences)."""
     xs = [x for x in xs if x is not None]
     if not xs:
         return "—"
+    sign = "+" if signed else ""
     if len(xs) == 1:
-        return f"{100 * xs[0]:.2f}"
-    return f"{100 * statistics.mean(xs):.2f} ± {100 * statistics.stdev(xs):.2f}"
+        return f"{100 * xs[0]:{sign}.2f}"
+    return f"{100 * statistics.mean(xs):{sign}.2f} ± {100 * statistics.stdev(xs):.2f}"
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> List[str]:
