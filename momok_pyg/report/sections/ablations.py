@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from momok_pyg.report import formatting as fmt
 from momok_pyg.report.plots import plot_curves
@@ -80,10 +80,8 @@ def _matched_recipe_table(full: Optional[Dict[str, Any]], results: List[Dict[str
     ``tucker-momok-recipe`` row's seeds) and TuckER's (the ``tucker-recipe`` row's seeds
     against Table 1's TuckER row of the dataset: its grid point selected on valid, every
     seed). Table 1 itself sets each model's own recipe against the other's."""
-    from momok_pyg.reproduce.plans import TUCKER_RECIPE
     if full is None:
         return []
-    keys = tuple(TUCKER_RECIPE)
     ds = full["meta"].get("dataset")
 
     def row_runs(row: str) -> List[Dict[str, Any]]:
@@ -102,7 +100,7 @@ def _matched_recipe_table(full: Optional[Dict[str, Any]], results: List[Dict[str
             continue
         a = [r["test"]["mrr"] for r in momok]
         b = [r["test"]["mrr"] for r in tucker]
-        rows.append([f"{recipe} ({_recipe(momok[0]['config'], keys)})",
+        rows.append([f"{recipe} ({_recipe(momok[0]['config'])})",
                      fmt.mean_std(a), len(a), ", ".join(f"`{r['name']}`" for r in momok),
                      fmt.mean_std(b), len(b), ", ".join(f"`{r['name']}`" for r in tucker),
                      f"{100 * (statistics.mean(a) - statistics.mean(b)):+.2f}"])
@@ -117,14 +115,21 @@ def _matched_recipe_table(full: Optional[Dict[str, Any]], results: List[Dict[str
                         "Δ MoMoK − TuckER"], rows)]
 
 
-def _recipe(config: Dict[str, Any], keys: Sequence[str]) -> str:
-    return ", ".join(f"{k} = {config.get(k)}" for k in keys)
+def _recipe_keys() -> Tuple[str, ...]:
+    r"""The configuration keys in which Table 1's two recipes differ (label smoothing, lr
+    decay); imported when needed, since :mod:`momok_pyg.reproduce` imports torch."""
+    from momok_pyg.reproduce.plans import TUCKER_RECIPE
+    return tuple(TUCKER_RECIPE)
 
 
-def _recipe_twin(run: Dict[str, Any], pool: List[Dict[str, Any]],
-                 keys: Sequence[str]) -> Optional[Dict[str, Any]]:
+def _recipe(config: Dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {config.get(k)}" for k in _recipe_keys())
+
+
+def _recipe_twin(run: Dict[str, Any], pool: List[Dict[str, Any]]
+                 ) -> Optional[Dict[str, Any]]:
     r"""The first run of :obj:`pool` whose configuration differs from :obj:`run`'s in
-    :obj:`keys` (the recipe) and in nothing else that a result depends on
+    the recipe (:func:`_recipe_keys`) and in nothing else that a result depends on
     (:meth:`~momok_pyg.training.TrainConfig.result_mismatch`, the rule by which a finished
     run is reused); ``None`` if there is none."""
     want = run_config(run)
@@ -134,7 +139,7 @@ def _recipe_twin(run: Dict[str, Any], pool: List[Dict[str, Any]],
         cfg = None if other is run else run_config(other)
         if cfg is not None and "mrr" in (other.get("test") or {}):
             diff = set(want.result_mismatch(cfg))
-            if diff and diff <= set(keys):
+            if diff and diff <= set(_recipe_keys()):
                 return other
     return None
 
@@ -148,14 +153,13 @@ def _recipe_table(results: List[Dict[str, Any]],
     the run that differs from it only in the recipe (the same seed), and each model's line
     gives the mean ± std of both sides and of the paired differences
     :math:`\Delta_s = \mathrm{MRR}_s^{\text{other}} - \mathrm{MRR}_s^{\text{own}}`."""
-    from momok_pyg.reproduce.plans import RECIPE_ROWS, TUCKER_RECIPE
-    keys = tuple(TUCKER_RECIPE)
+    from momok_pyg.reproduce.plans import RECIPE_ROWS
     pool = list(results) + list((everything or {}).get("table1", []))
     pairs: Dict[str, List[Tuple[Dict[str, Any], Dict[str, Any]]]] = {}
     for r in sorted(results, key=lambda r: r["name"]):
         if r["meta"].get("row") not in RECIPE_ROWS:
             continue
-        twin = _recipe_twin(r, pool, keys)
+        twin = _recipe_twin(r, pool)
         if twin is not None:
             model = "MoMoK" if r["config"].get("model") == "momok" else "TuckER"
             pairs.setdefault(model, []).append((twin, r))
@@ -163,10 +167,10 @@ def _recipe_table(results: List[Dict[str, Any]],
     for model, group in sorted(pairs.items()):
         own = [t for t, _ in group]
         other = [r for _, r in group]
-        rows.append([model, len(group), _recipe(own[0]["config"], keys),
+        rows.append([model, len(group), _recipe(own[0]["config"]),
                      ", ".join(f"`{t['name']}`" for t in own),
                      fmt.mean_std([t["test"]["mrr"] for t in own]),
-                     _recipe(other[0]["config"], keys),
+                     _recipe(other[0]["config"]),
                      ", ".join(f"`{r['name']}`" for r in other),
                      fmt.mean_std([r["test"]["mrr"] for r in other]),
                      fmt.mean_std([r["test"]["mrr"] - t["test"]["mrr"] for t, r in group],
