@@ -27,17 +27,13 @@ def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
         first.setdefault(r["meta"].get("row"), r)
     results = list(first.values())
     full = first.get("full")
-
-    def model(r: Dict[str, Any]) -> str:
-        return (r.get("config") or {}).get("model", "momok")
-
     rows, others = [], set()
     for r in sorted(results, key=lambda r: (r["meta"].get("row") != "full", r["name"])):
         if full is None or r is full:
             d = ""
-        elif model(r) != model(full):
+        elif _model(r) != _model(full):
             d = "—"  # another model: not an ablation of the full one
-            others.add(model(r))
+            others.add(_model(r))
         else:
             d = f"{100 * (r['test']['mrr'] - full['test']['mrr']):+.2f}"
         rows.append([r["meta"].get("row"), *(fmt.pct(r["test"][k]) for k in METRICS), d,
@@ -71,6 +67,10 @@ def section_ablations(results: List[Dict[str, Any]], fig_dir: Path, rel: Path,
                       "ablations: valid / test MRR")
     out += ["", f"![ablation curves]({rel / fig.name})", ""] + fmt.provenance(every_seed)
     return out
+
+
+def _model(r: Dict[str, Any]) -> str:
+    return (r.get("config") or {}).get("model", "momok")
 
 
 def _matched_recipe_table(full: Optional[Dict[str, Any]], results: List[Dict[str, Any]],
@@ -135,11 +135,12 @@ def _recipe_twin(run: Dict[str, Any], pool: List[Dict[str, Any]]
     want = run_config(run)
     if want is None:
         return None
+    keys = set(_recipe_keys())
     for other in pool:
         cfg = None if other is run else run_config(other)
         if cfg is not None and "mrr" in (other.get("test") or {}):
             diff = set(want.result_mismatch(cfg))
-            if diff and diff <= set(_recipe_keys()):
+            if diff and diff <= keys:
                 return other
     return None
 
@@ -161,7 +162,7 @@ def _recipe_table(results: List[Dict[str, Any]],
             continue
         twin = _recipe_twin(r, pool)
         if twin is not None:
-            model = "MoMoK" if r["config"].get("model") == "momok" else "TuckER"
+            model = "MoMoK" if _model(r) == "momok" else "TuckER"
             pairs.setdefault(model, []).append((twin, r))
     rows = []
     for model, group in sorted(pairs.items()):
