@@ -56,7 +56,8 @@ def machine(r: Dict[str, Any]) -> str:
     (``"cpu (AMD EPYC)"``): CPU timings compare only within one CPU model."""
     env = r.get("env") or {}
     dev = _device_of(env)
-    model = env.get("cpu_model") or env.get("cpu")
+    from momok_pyg.training.device import recorded_cpu_model  # imports torch: when needed
+    model = recorded_cpu_model(env)
     return f"{dev} ({model})" if dev == "cpu" and model else dev
 
 
@@ -84,10 +85,11 @@ def devices(results: Iterable[Dict[str, Any]]) -> str:
 def machines(results: Iterable[Dict[str, Any]]) -> str:
     r"""Every machine the runs trained on: each (re)start's (``starts``, a resumed run may
     span several) and the final one's (``env``), once each."""
+    from momok_pyg.training.device import recorded_cpu_model  # imports torch: when needed
     seen = []
     for r in results:
         for env in _envs(r):
-            m = (f"{env.get('cpu_model') or env.get('cpu')}, {env.get('cpu_count')} CPUs, "
+            m = (f"{recorded_cpu_model(env)}, {env.get('cpu_count')} CPUs, "
                  f"{env.get('threads')} torch thread(s), device {env.get('device', 'cpu')}, "
                  f"torch {env.get('torch')}")
             if m not in seen:

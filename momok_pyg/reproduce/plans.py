@@ -389,7 +389,7 @@ def cost(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
     another machine, the run here is ``<model>-<dataset>-<kind>``, and when that one is too,
     ``<model>-<dataset>-cpu-<CPU model>``. A name finished on this machine is done, and the
     earlier files stay."""
-    from momok_pyg.training.device import cpu_model
+    from momok_pyg.training.device import cpu_model, recorded_cpu_model
     kind = device_kind(opts.device)
     here = None
     if kind == "cpu":
@@ -399,7 +399,7 @@ def cost(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
         env = (done.get(name) or {}).get("env") or {}
         if device_kind(str(env.get("device", "cpu"))) != kind:
             return False
-        return here is None or (env.get("cpu_model") or env.get("cpu")) == here
+        return here is None or recorded_cpu_model(env) == here
 
     specs = []
     for ds in _datasets(opts, BENCHMARKS):
