@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from momok_pyg.training import TrainConfig, train
-from momok_pyg.training.device import check_device_spec, recorded_cpu_model, resolve_device
+from momok_pyg.training.device import check_device_spec, resolve_device
 
 TINY = dict(num_entities=400, num_triples=5000, num_groups=8, num_attributes=4)
 #: expected MRR of a uniformly random ranking of N candidates: H_N / N
@@ -89,13 +89,6 @@ def test_cuda_run_learns_what_the_cpu_run_learns(tmp_path):
     assert abs(gpu["test"]["mrr"] - cpu["test"]["mrr"]) < 0.05, (gpu["test"], cpu["test"])
     tucker = train(_config(model="tucker", device="cuda", epochs=4), tmp_path / "tucker")
     assert tucker["test"]["mrr"] > 1.5 * RANDOM_MRR  # TuckER learns slowly at this lr
-
-
-def test_recorded_cpu_model_prefers_cpuinfo_and_falls_back_to_the_processor_field():
-    # files written before `cpu_model` was recorded name only platform.processor()
-    assert recorded_cpu_model({"cpu": "x86_64", "cpu_model": "AMD EPYC"}) == "AMD EPYC"
-    assert recorded_cpu_model({"cpu": "x86_64", "cpu_model": None}) == "x86_64"
-    assert recorded_cpu_model({}) is None
 
 
 def test_commit_of_a_tree_copy_without_git(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import statistics
 import pytest
 
 from momok_pyg import report
+from momok_pyg.report.results import recorded_cpu_model
 
 
 def _curve(values, key="mrr"):
@@ -508,3 +509,10 @@ def test_evaluation_section_averages_each_protocol_over_the_runs(tmp_path):
     assert cells[6:10] == ["0.40", "27.00 ± 1.41", "47.00 ± 1.41", "33.86"]
     assert cells[10] == "Table 1's own (1), trained again (1)"
     assert "filter none (raw)" in text and "    momok-pyg reproduce evaluation" in text
+
+
+def test_recorded_cpu_model_prefers_cpuinfo_and_falls_back_to_the_processor_field():
+    # files written before `cpu_model` was recorded name only platform.processor()
+    assert recorded_cpu_model({"cpu": "x86_64", "cpu_model": "AMD EPYC"}) == "AMD EPYC"
+    assert recorded_cpu_model({"cpu": "x86_64", "cpu_model": None}) == "x86_64"
+    assert recorded_cpu_model({}) is None

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from momok_pyg.report.results import AllResults, seed_spread
+from momok_pyg.report.results import AllResults, recorded_cpu_model, seed_spread
 
 
 def pct(x: Optional[float]) -> str:
@@ -56,7 +56,6 @@ def machine(r: Dict[str, Any]) -> str:
     (``"cpu (AMD EPYC)"``): CPU timings compare only within one CPU model."""
     env = r.get("env") or {}
     dev = _device_of(env)
-    from momok_pyg.training.device import recorded_cpu_model  # imports torch: when needed
     model = recorded_cpu_model(env)
     return f"{dev} ({model})" if dev == "cpu" and model else dev
 
@@ -85,7 +84,6 @@ def devices(results: Iterable[Dict[str, Any]]) -> str:
 def machines(results: Iterable[Dict[str, Any]]) -> str:
     r"""Every machine the runs trained on: each (re)start's (``starts``, a resumed run may
     span several) and the final one's (``env``), once each."""
-    from momok_pyg.training.device import recorded_cpu_model  # imports torch: when needed
     seen = []
     for r in results:
         for env in _envs(r):

@@ -389,7 +389,8 @@ def cost(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
     another machine, the run here is ``<model>-<dataset>-<kind>``, and when that one is too,
     ``<model>-<dataset>-cpu-<CPU model>``. A name finished on this machine is done, and the
     earlier files stay."""
-    from momok_pyg.training.device import cpu_model, recorded_cpu_model
+    from momok_pyg.report.results import recorded_cpu_model
+    from momok_pyg.training.device import cpu_model
     kind = device_kind(opts.device)
     here = None
     if kind == "cpu":

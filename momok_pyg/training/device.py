@@ -75,14 +75,6 @@ def cpu_model() -> Optional[str]:
     return None
 
 
-def recorded_cpu_model(env: Dict[str, Any]) -> Optional[str]:
-    r"""The CPU model an environment record (see
-    :func:`~momok_pyg.training.loop.environment`) names: its ``cpu_model`` (read by
-    :func:`cpu_model`), else its ``cpu`` (:func:`platform.processor`; result files written
-    before ``cpu_model`` was recorded, or where ``/proc/cpuinfo`` is missing)."""
-    return env.get("cpu_model") or env.get("cpu")
-
-
 def reset_peak_memory(device: torch.device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
