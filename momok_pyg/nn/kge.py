@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn.kge import ComplEx, DistMult, KGEModel, RotatE, TransE
 
+from ..datasets.schema import STRUCTURE
 from .loss import check_out_buffer, one_to_n_loss
 from .momok import MoMoKLoss
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 #: ``TrainConfig.model`` / ``--model`` names of the PyG KGE models
 KGE_MODELS: Dict[str, Type[KGEModel]] = {"transe": TransE, "distmult": DistMult,
                                          "complex": ComplEx, "rotate": RotatE}
-STRUCTURE = "structure"
 
 
 class KGEScorer(torch.nn.Module):
