@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -215,8 +216,8 @@ def evaluate_link_prediction(
     was_training = module.training if module is not None else False
     if module is not None:
         module.eval()
-    from momok_pyg.training import distributed
-    rank, world = (distributed.rank(), distributed.world()) if shard else (0, 1)
+    grouped = shard and dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if grouped else (0, 1)
     done: List[Tensor] = []  # the query positions ranked here, in order
     try:
         starts = range(0, head_u.numel(), batch_size)
@@ -242,7 +243,6 @@ def evaluate_link_prediction(
     local = metric.ranks
     positions = torch.cat(done) if done else order[:0]
     if world > 1:  # every rank gets every rank's ranks
-        import torch.distributed as dist
         parts: List[object] = [None] * world
         dist.all_gather_object(parts, (positions.cpu(), local.cpu()))
         positions = torch.cat([p for p, _ in parts]).to(order.device)

@@ -6,7 +6,7 @@ import statistics
 import pytest
 
 from momok_pyg import report
-from momok_pyg.report.results import recorded_cpu_model
+from momok_pyg.machine import recorded_cpu_model
 
 
 def _curve(values, key="mrr"):

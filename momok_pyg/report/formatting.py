@@ -7,7 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from momok_pyg.report.results import AllResults, recorded_cpu_model, seed_spread
+from momok_pyg.machine import recorded_cpu_model
+from momok_pyg.report.results import AllResults, seed_spread
 
 
 def pct(x: Optional[float]) -> str:

@@ -75,14 +75,6 @@ def selection_mrr(r: Dict[str, Any]) -> Optional[float]:
     return bv.get("mrr")
 
 
-def recorded_cpu_model(env: Dict[str, Any]) -> Optional[str]:
-    r"""The CPU model an environment record of a result (``env`` or one of its ``starts``,
-    see :func:`~momok_pyg.training.loop.environment`) names: its ``cpu_model`` (from
-    ``/proc/cpuinfo``), else its ``cpu`` (:func:`platform.processor`; result files written
-    before ``cpu_model`` was recorded, or where ``/proc/cpuinfo`` is missing)."""
-    return env.get("cpu_model") or env.get("cpu")
-
-
 def run_config(r: Dict[str, Any]) -> Optional[TrainConfig]:
     r"""The :class:`~momok_pyg.training.TrainConfig` of result :obj:`r` (``None`` without a
     config, or with one that this version cannot read)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
+from momok_pyg.machine import cpu_model, recorded_cpu_model
 from momok_pyg.training.config import SYNTHETIC, TrainConfig, canonical_dataset
 
 BENCHMARKS = ("DB15K", "MKG-W", "MKG-Y", "KVC16K")
@@ -102,7 +103,7 @@ class Options:
     ratios: Sequence[float] = ROBUSTNESS_RATIOS
     cost_epochs: int = 2
     #: the CPU model a CPU cost run is planned for: ``"auto"`` reads this machine's
-    #: (:func:`~momok_pyg.training.device.cpu_model`); ``None`` does not tell CPU models
+    #: (:func:`~momok_pyg.machine.cpu_model`); ``None`` does not tell CPU models
     #: apart (the report's status table, which must not depend on the machine writing it)
     cpu_model: Optional[str] = "auto"
     extra: Dict[str, Any] = field(default_factory=dict)  #: TrainConfig overrides for all runs
@@ -389,8 +390,6 @@ def cost(opts: Options, done: Dict[str, Dict[str, Any]]) -> List[RunSpec]:
     another machine, the run here is ``<model>-<dataset>-<kind>``, and when that one is too,
     ``<model>-<dataset>-cpu-<CPU model>``. A name finished on this machine is done, and the
     earlier files stay."""
-    from momok_pyg.report.results import recorded_cpu_model
-    from momok_pyg.training.device import cpu_model
     kind = device_kind(opts.device)
     here = None
     if kind == "cpu":

@@ -10,7 +10,7 @@ threshold, the CPU thread count) stay in force on the host side and do nothing o
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Union
 
 import torch
 
@@ -60,19 +60,6 @@ def device_info(device: torch.device) -> Dict[str, Any]:
         out.update(gpu_name=props.name, gpu_memory_mb=round(props.total_memory / 2**20),
                    cuda=torch.version.cuda)
     return out
-
-
-def cpu_model() -> Optional[str]:
-    r"""The ``model name`` of the first processor in ``/proc/cpuinfo`` (Linux), else ``None``:
-    CPU timings compare only within one CPU model."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def reset_peak_memory(device: torch.device) -> None:

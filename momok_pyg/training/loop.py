@@ -31,6 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from momok_pyg.datasets.schema import STRUCTURE, feature_modalities, get_triples
+from momok_pyg.machine import cpu_model
 
 from . import distributed
 from .batching import OneToNQueries
@@ -46,7 +47,6 @@ from .checkpoint import (
 )
 from .config import SYNTHETIC, TrainConfig
 from .device import (
-    cpu_model,
     device_info,
     model_device,
     peak_memory_mb,
