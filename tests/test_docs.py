@@ -50,6 +50,11 @@ LAYERS = [
 ]
 
 
+def _module(path: Path) -> str:
+    # the dotted name of a file under ROOT (``momok_pyg.nn.__init__`` for a package's init)
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+
+
 def _unit(module: str) -> str:
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else ""
@@ -57,7 +62,7 @@ def _unit(module: str) -> str:
 
 def _imports(path: Path):
     # every momok_pyg module `path` imports, at the top or inside a function
-    own = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    own = _module(path)
     package = own.rsplit(".", 1)[0] if path.name != "__init__.py" else own[:-len(".__init__")]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -73,11 +78,11 @@ def _imports(path: Path):
 def test_imports_flow_one_way():
     level = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
     files = sorted((ROOT / "momok_pyg").rglob("*.py"))
-    units = {_unit(".".join(p.relative_to(ROOT).with_suffix("").parts)) for p in files}
+    units = {_unit(_module(p)) for p in files}
     assert units - {"", "__init__"} == set(level), "a new top-level module needs a layer"
     back = []
     for path in files:
-        src = _unit(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        src = _unit(_module(path))
         if src not in level:  # the package root
             continue
         for target in _imports(path):
